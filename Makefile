@@ -1,0 +1,74 @@
+# Two entry points do all the set-up on a fresh machine: `make book` and `make test`.
+# PROFILE=ci (default, small budgets) or PROFILE=full (the study behind the verdicts).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PROFILE ?= ci
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+# Notebook kernels ("python3") resolve `python` on PATH: put the venv first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+CHAPTERS = $(shell $(PY) tools/toc_chapters.py)
+
+.PHONY: help venv book execute html test unit nbval build-check bench study clean
+
+help:
+	@echo "make book    set up .venv, execute every chapter with papermill (PROFILE=$(PROFILE)), build _build/html"
+	@echo "make test    set up .venv, unit tests, nbval over every chapter, strict jupyter-book build"
+	@echo "make bench   benchmarks (ratios against the alternatives, timed in the same run)"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PIP) install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PIP) install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) tools/check_env.py
+	touch $@
+
+# Execute each chapter into _build/executed first and copy it over the stored notebook only when it
+# succeeded, so a failing chapter never leaves a half-written notebook behind.
+execute: venv
+	mkdir -p _build/executed
+	for nb in $(CHAPTERS); do \
+	  echo "== papermill $$nb (profile=$(PROFILE))"; \
+	  $(VENV)/bin/papermill --cwd chapters -k python3 -p profile $(PROFILE) \
+	      "$$nb" "_build/executed/$$(basename $$nb)"; \
+	  cp "_build/executed/$$(basename $$nb)" "$$nb"; \
+	done
+
+html: venv
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+book: execute html
+	@echo "book: $(abspath _build/html/index.html)"
+
+unit: venv
+	$(VENV)/bin/pytest -q tests
+
+nbval: venv
+	cd chapters && ../$(VENV)/bin/pytest -q -p no:cacheprovider --nbval \
+	    --nbval-sanitize-with ../tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
+	    $(notdir $(CHAPTERS))
+
+build-check: venv
+	rm -rf _build/html _build/.doctrees
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+test: unit nbval build-check
+
+bench: venv
+	$(PY) -m bench
+
+study: venv
+	$(PY) -m qdiff_lib study --profile full
+
+clean:
+	rm -rf _build

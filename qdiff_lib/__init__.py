@@ -1,0 +1,18 @@
+"""qdiff_lib: the library behind the companion book to arXiv:2504.00034.
+
+A diffusion model whose lightweight U-Net carries a variational quantum circuit in its bottleneck.
+Modules: ``data`` (datasets), ``quantum`` (circuits and simulators), ``schedules`` (beta schedules),
+``noise`` (Gaussian and quantum noise sources), ``unet``, ``diffusion``, ``train``, ``metrics``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("qdiff_lib")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.1.0"
+
+from pathlib import Path
+
+#: Repository root, resolved from the package location (never the working directory).
+REPO_ROOT = Path(__file__).resolve().parent.parent
