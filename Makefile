@@ -7,12 +7,12 @@ SHELL := /bin/bash
 VENV    ?= .venv
 PYTHON  ?= python3
 PROFILE ?= ci
-PY      := $(VENV)/bin/python
+BIN     := $(abspath $(VENV))/bin
+PY      := $(BIN)/python
 PIP     := $(PY) -m pip
 # Notebook kernels ("python3") resolve `python` on PATH: put the venv first.
-export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 CHAPTERS = $(shell $(PY) tools/toc_chapters.py)
 
@@ -39,28 +39,28 @@ execute: venv
 	mkdir -p _build/executed
 	for nb in $(CHAPTERS); do \
 	  echo "== papermill $$nb (profile=$(PROFILE))"; \
-	  $(VENV)/bin/papermill --cwd chapters -k python3 -p profile $(PROFILE) \
+	  $(BIN)/papermill --cwd chapters -k python3 -p profile $(PROFILE) \
 	      "$$nb" "_build/executed/$$(basename $$nb)"; \
 	  cp "_build/executed/$$(basename $$nb)" "$$nb"; \
 	done
 
 html: venv
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(BIN)/jupyter-book build . -W -n --keep-going
 
 book: execute html
 	@echo "book: $(abspath _build/html/index.html)"
 
 unit: venv
-	$(VENV)/bin/pytest -q tests
+	$(BIN)/pytest -q tests
 
 nbval: venv
-	cd chapters && ../$(VENV)/bin/pytest -q -p no:cacheprovider --nbval \
+	cd chapters && $(BIN)/pytest -q -p no:cacheprovider --nbval \
 	    --nbval-sanitize-with ../tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
 	    $(notdir $(CHAPTERS))
 
 build-check: venv
 	rm -rf _build/html _build/.doctrees
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(BIN)/jupyter-book build . -W -n --keep-going
 
 test: unit nbval build-check
 
