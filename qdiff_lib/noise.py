@@ -13,7 +13,7 @@ none, so the design below is ours:
 
 * :class:`QuantumNoise`: a PennyLane circuit (:func:`noise_circuit`) whose Born distribution over the
   ``2**n_qubits`` computational-basis outcomes is computed once; ``sample`` then draws outcomes shot by shot
-  (inverse CDF of the Born distribution applied to ``torch.rand`` with the caller's generator) and maps each
+  (alias method on ``torch.rand`` with the caller's generator) and maps each
   measured bitstring to ``values_per_shot = n_qubits // qubits_per_value`` noise values through a lookup table.
   Mappings (:data:`MAPPINGS`), each standardised exactly against the Born distribution, so mean 0 and
   variance 1 hold by construction for every circuit and hardware-noise setting:
@@ -189,6 +189,27 @@ def _apply_readout_error(probs: np.ndarray, n_qubits: int, p: float) -> np.ndarr
     return tensor.reshape(-1)
 
 
+def _alias_tables(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vose's alias tables ``(accept float64 (N,), alias int64 (N,))`` for drawing from ``probs`` in O(1).
+
+    Outcome ``m`` is drawn with probability ``(accept[m] + sum_{j: alias[j] = m} (1 - accept[j])) / N``, which
+    equals ``probs[m]`` up to rounding (checked in the tests). Zero-probability outcomes get ``accept = 0`` and are
+    never an alias, so they are never drawn.
+    """
+    n = probs.numel()
+    scaled = (probs.to(torch.float64) * n).tolist()
+    accept, alias = [1.0] * n, list(range(n))
+    small = [i for i, q in enumerate(scaled) if q < 1.0]
+    large = [i for i, q in enumerate(scaled) if q >= 1.0]
+    while small and large:
+        s, l = small.pop(), large.pop()
+        accept[s], alias[s] = scaled[s], l
+        scaled[l] -= 1.0 - scaled[s]
+        (small if scaled[l] < 1.0 else large).append(l)
+    # what is left has scaled probability 1 up to rounding: always accept
+    return torch.tensor(accept, dtype=torch.float64), torch.tensor(alias, dtype=torch.int64)
+
+
 class QuantumNoise:
     """Noise values from simulated measurements of a quantum circuit (our design; see the module docstring).
 
@@ -258,8 +279,8 @@ class QuantumNoise:
         probs = probs / probs.sum()
         self.probs = torch.from_numpy(probs)
         self.table = self._build_table()
-        self._cdf = torch.cumsum(self.probs, 0)
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._accept, self._alias = _alias_tables(self.probs)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _build_table(self) -> torch.Tensor:
         """Standardised values ``(2**n, values_per_shot)`` of every outcome, exact under :attr:`probs`."""
@@ -295,9 +316,11 @@ class QuantumNoise:
         """
         return self.table.T @ (self.probs[:, None] * self.table)
 
-    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if device not in self._on_device:
-            self._on_device[device] = (self._cdf.to(device), self.table.to(device, torch.float32))
+            self._on_device[device] = (
+                self._accept.to(device), self._alias.to(device), self.table.to(device, torch.float32)
+            )
         return self._on_device[device]
 
     def sample(
@@ -308,17 +331,20 @@ class QuantumNoise:
     ) -> torch.Tensor:
         """Noise of the given shape (float32), e.g. ``(B, C, H, W)``; ``t`` is ignored.
 
-        Draws ``ceil(numel / values_per_shot)`` shots by inverse CDF of :attr:`probs` on ``torch.rand`` (float64)
-        with ``generator``, looks up their values and fills the output row-major, shot after shot.
+        Draws ``ceil(numel / values_per_shot)`` shots from :attr:`probs` with the alias method, one float64
+        ``torch.rand`` per shot from ``generator`` (its top ``n_qubits`` bits pick a column, the remaining bits
+        decide between the column and its alias), looks up their values and fills the output row-major, shot after
+        shot.
         """
         shape = _check_shape(shape)
         numel = math.prod(shape)
         device = generator.device if generator is not None else self.device
-        cdf, table = self._tables(device)
+        accept, alias, table = self._tables(device)
         n_shots = -(-numel // self.values_per_shot)
-        u = torch.rand(n_shots, generator=generator, device=device, dtype=torch.float64)
-        outcomes = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)
-        return table[outcomes].reshape(-1)[:numel].reshape(shape)
+        scaled = torch.rand(n_shots, generator=generator, device=device, dtype=torch.float64) * accept.numel()
+        column = scaled.long().clamp_(max=accept.numel() - 1)
+        outcomes = torch.where(scaled - column < accept[column], column, alias[column])
+        return table.index_select(0, outcomes).reshape(-1)[:numel].reshape(shape)
 
     def __repr__(self) -> str:
         extra = f", entangling_angle={self.entangling_angle:.4g}" if self.circuit == "entangled" else ""

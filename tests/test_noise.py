@@ -135,6 +135,25 @@ def test_only_gaussianize_passes_ks_against_normal():
     assert ks["binomial"] > 5 * tolerance and ks["integer"] > 2 * tolerance, ks
 
 
+@pytest.mark.parametrize("gamma,readout", [(0.0, 0.0), (0.9, 0.0), (0.9, 0.1)])
+def test_sampler_draws_the_born_distribution(gamma, readout):
+    n = 4  # mapping "integer" with k = n: the value is a bijection of the measured outcome
+    noise = QuantumNoise("entangled", n_qubits=n, mapping="integer", qubits_per_value=n, entangling_angle=gamma,
+                         readout_error=readout)
+    # the alias tables encode the Born distribution exactly
+    accept, alias = noise._accept, noise._alias
+    encoded = (accept + torch.zeros(2**n, dtype=torch.float64).index_add_(0, alias, 1 - accept)) / 2**n
+    np.testing.assert_allclose(encoded.numpy(), noise.probs.numpy(), atol=1e-14)
+    # and the sampler follows them: chi-square goodness of fit on 100k shots
+    x = noise.sample((100_000,), generator=torch.Generator().manual_seed(2))
+    outcome = torch.searchsorted(noise.table[:, 0].float(), x)  # table is increasing in the outcome integer
+    counts = torch.bincount(outcome, minlength=2**n).numpy()
+    support = noise.probs.numpy() > 0
+    assert counts[~support].sum() == 0  # GHZ (gamma = 0): only 0000 and 1111
+    expected = noise.probs.numpy()[support] * counts.sum()
+    assert stats.chisquare(counts[support], expected).pvalue > 1e-3
+
+
 def test_sample_is_deterministic_for_a_generator():
     noise = QuantumNoise("entangled", n_qubits=6)
     a = noise.sample((4, 1, 7, 7), generator=torch.Generator().manual_seed(3))
