@@ -1,0 +1,409 @@
+"""Training of an epsilon-prediction denoiser (DDPM's simple loss), resumable and fault-aware.
+
+The trainer knows nothing of circuits or datasets: it receives a model ``model(x_t, t) -> eps_hat`` and a tensor of
+images ``(N, C, H, W)`` in [-1, 1]. Each optimiser step draws, from one seeded CPU ``torch.Generator``:
+
+1. a batch of ``batch_size`` image indices, uniformly *with replacement* (so ``N < batch_size``, e.g. 10 images,
+   is allowed; one epoch is ``N / batch_size`` steps, i.e. ``epochs = steps * batch_size / N``);
+2. timesteps ``t`` (B,): uniform over ``0..T-1`` (``torch.randint``, DDPM) or from
+   ``qdiff_lib.schedules.timestep_weights`` (``torch.multinomial``);
+3. the noise ``eps`` from the noise source (Gaussian by default), given ``t``;
+
+and minimises ``mean (model(x_t, t) - eps)^2`` with ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps`` (Ho et al. 2020,
+eq. 14) by Adam (lr 3e-4), keeping an exponential moving average of the weights (decay 0.999), as the paper.
+All draws are made on the CPU and moved to the device, so a run draws the same numbers on CPU and CUDA; on the
+CPU the loss history is bit-identical for the same seed.
+
+Checkpoints (``checkpoint_dir/checkpoint.pt``) hold the model, the EMA, the optimiser, the generator state, the
+step and the loss history; they are written atomically (a temporary file, then ``os.replace``) every
+``checkpoint_every`` steps and at the end. :func:`train` resumes from the checkpoint it finds, and an interrupted
+run resumed gives the same result as an uninterrupted one. A non-finite loss (or non-finite weights before a
+checkpoint) stops the run with :class:`NonFiniteError` naming the step; the last good checkpoint stays on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from qdiff_lib import schedules
+from qdiff_lib.diffusion import Diffusion
+from qdiff_lib.noise import GaussianNoise, NoiseSource
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "CHECKPOINT_NAME",
+    "TrainConfig",
+    "TrainResult",
+    "NonFiniteError",
+    "train",
+    "resolve_device",
+    "make_noise",
+    "noise_source_names",
+    "timestep_distribution_names",
+    "load_checkpoint",
+]
+
+#: Optimiser steps when neither ``steps`` nor ``epochs`` is given (the authors' later fixed budget).
+DEFAULT_STEPS = 2000
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def noise_source_names() -> tuple[str, ...]:
+    """Names accepted by ``TrainConfig.noise``: those of ``qdiff_lib.noise.make_noise_source`` when present."""
+    from qdiff_lib import noise
+
+    if hasattr(noise, "make_noise_source"):
+        return tuple(getattr(noise, "NOISE_SOURCES", ("gaussian", "quantum", "hybrid")))
+    return ("gaussian",)
+
+
+def timestep_distribution_names() -> tuple[str, ...]:
+    """Names accepted by ``TrainConfig.timestep_distribution`` (``"uniform"`` first)."""
+    return tuple(getattr(schedules, "TIMESTEP_DISTRIBUTIONS", ("uniform",)))
+
+
+def _check_choice(kind: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; allowed: {list(allowed)}")
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (the paper's values by default). Dataset-agnostic.
+
+    Attributes:
+        steps: optimiser steps (default :data:`DEFAULT_STEPS` when ``epochs`` is None too).
+        epochs: budget in passes over the images instead (the paper: 30): ``steps = ceil(epochs * N / batch_size)``.
+        batch_size: images per step (paper: 64), drawn with replacement.
+        lr: Adam learning rate (paper: 3e-4).
+        ema_decay: decay of the weights' exponential moving average (paper: 0.999).
+        schedule: beta schedule name (``qdiff_lib.schedules.SCHEDULES``; paper: cosine).
+        timesteps: T (paper: 1000).
+        noise: noise source name (``"gaussian"``; others from ``qdiff_lib.noise.make_noise_source``).
+        noise_kwargs: keyword arguments of the noise source.
+        timestep_distribution: how training timesteps are drawn (``"uniform"``: DDPM).
+        checkpoint_every: write a checkpoint every this many steps (0: only at the end); needs a checkpoint_dir.
+        seed: seed of the training generator (batches, timesteps, noise). The model's initial weights come from
+            the model's own seed.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 64
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    noise: str = "gaussian"
+    noise_kwargs: dict[str, Any] = field(default_factory=dict)
+    timestep_distribution: str = "uniform"
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})")
+        if self.steps is not None:
+            _check_positive_int("steps", self.steps)
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
+            raise ValueError(f"epochs must be a positive number, got {self.epochs!r}")
+        _check_positive_int("batch_size", self.batch_size)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        _check_choice("beta schedule", self.schedule, sorted(schedules.SCHEDULES))
+        _check_positive_int("timesteps", self.timesteps, minimum=2)
+        _check_choice("noise source", self.noise, noise_source_names())
+        _check_choice("timestep distribution", self.timestep_distribution, timestep_distribution_names())
+        _check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        _check_positive_int("seed", self.seed, minimum=0)
+        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
+            raise ValueError(f"unknown device {self.device!r}; allowed: ['auto', 'cpu', 'cuda', 'cuda:N']")
+
+    def total_steps(self, n_images: int) -> int:
+        """Optimiser steps for ``n_images`` training images."""
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * n_images / self.batch_size))
+        return DEFAULT_STEPS if self.steps is None else self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss (or the weights) became NaN or infinite; ``step`` is the optimiser step (1-based)."""
+
+    def __init__(self, message: str, step: int, last_checkpoint_step: int | None):
+        super().__init__(message)
+        self.step = step
+        self.last_checkpoint_step = last_checkpoint_step
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``loss_history[k]`` is the loss of step ``k + 1`` (the whole run, including steps before a resume);
+    ``ema_model`` is the averaged model used for sampling; ``timings`` are wall-clock seconds of this call.
+    """
+
+    loss_history: list[float]
+    model: nn.Module
+    ema_model: nn.Module
+    steps: int
+    resumed_from: int
+    device: str
+    n_images: int
+    timings: dict[str, float | None]
+    config: TrainConfig
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready fields (no models)."""
+        return {
+            "config": self.config.to_dict(),
+            "loss_history": list(self.loss_history),
+            "steps": self.steps,
+            "resumed_from": self.resumed_from,
+            "device": self.device,
+            "n_images": self.n_images,
+            "epochs": self.steps * self.config.batch_size / self.n_images,
+            "timings": dict(self.timings),
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA device that is absent raises ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; allowed here: ['auto', 'cpu']")
+    return dev
+
+
+def make_noise(name: str, **kwargs: Any) -> NoiseSource:
+    """The noise source called ``name`` (``"gaussian"`` without the factory of ``qdiff_lib.noise``)."""
+    from qdiff_lib import noise
+
+    if hasattr(noise, "make_noise_source"):
+        return noise.make_noise_source(name, **kwargs)
+    _check_choice("noise source", name, ("gaussian",))
+    return GaussianNoise(**kwargs)
+
+
+def _fingerprint(images: torch.Tensor) -> str:
+    data = images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(str(tuple(images.shape)).encode() + data).hexdigest()
+
+
+def _resume_key(config: TrainConfig) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that resumes it (device and cadence may change)."""
+    d = config.to_dict()
+    d.pop("device")
+    d.pop("checkpoint_every")
+    return d
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint in ``checkpoint_dir`` (a dict, tensors on the CPU), or None if there is none."""
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _all_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        if p.requires_grad:
+            p_ema.mul_(decay).add_(p, alpha=1.0 - decay)
+        else:  # a frozen weight stays bit-identical (the average of a constant, without rounding)
+            p_ema.copy_(p)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    config: TrainConfig,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    callback: Callable[[int, float, nn.Module], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` (in place, moved to the device) to predict the noise added to ``images``.
+
+    Args:
+        model: ``model(x_t (B, C, H, W), t (B,) long) -> eps_hat (B, C, H, W)``.
+        images: ``(N, C, H, W)`` training images in [-1, 1].
+        config: the settings; its ``seed`` fixes every draw.
+        checkpoint_dir: where ``checkpoint.pt`` is written and resumed from (None: no checkpoints).
+        progress: show a tqdm bar.
+        callback: ``callback(step, loss, model)`` after each step's update and checkpoint; an exception it
+            raises stops training (the checkpoints already written stay).
+
+    Raises:
+        NonFiniteError: the loss at some step, or the weights about to be checkpointed, are NaN or infinite.
+        ValueError: bad images, or a checkpoint written for other settings or other images.
+    """
+    t_start = time.perf_counter()
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"images: expected (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or infinite values")
+    n_images = images.shape[0]
+    n_steps = config.total_steps(n_images)
+    device = resolve_device(config.device)
+    diffusion = Diffusion.from_schedule(config.schedule, config.timesteps).to(device)
+    noise_source = make_noise(config.noise, **config.noise_kwargs)
+    if config.timestep_distribution == "uniform":
+        t_weights = None
+    else:
+        t_weights = torch.as_tensor(schedules.timestep_weights(config.timestep_distribution, config.timesteps))
+
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_history: list[float] = []
+    start = 0
+    fingerprint = _fingerprint(images)
+
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
+        state = load_checkpoint(checkpoint_dir)
+        if state is not None:
+            if state["resume_key"] != _resume_key(config):
+                raise ValueError(
+                    f"checkpoint {ckpt_path} was written with other settings: {state['resume_key']} "
+                    f"!= {_resume_key(config)}; remove it or use another checkpoint_dir"
+                )
+            if state["data_fingerprint"] != fingerprint:
+                raise ValueError(f"checkpoint {ckpt_path} was written for other training images")
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            if "noise_source" in state:
+                noise_source.load_state_dict(state["noise_source"])
+            loss_history = list(state["loss_history"])
+            start = int(state["step"])
+    last_ckpt = start if ckpt_path is not None and start > 0 else None
+
+    def save(step: int) -> None:
+        if not (_all_finite(model) and _all_finite(ema)):
+            raise NonFiniteError(
+                f"weights became NaN or infinite at step {step}; not checkpointed "
+                f"(last good checkpoint: step {last_ckpt}, in {checkpoint_dir})",
+                step, last_ckpt,
+            )
+        state = {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "loss_history": loss_history,
+            "resume_key": _resume_key(config),
+            "data_fingerprint": fingerprint,
+        }
+        if hasattr(noise_source, "state_dict"):
+            state["noise_source"] = noise_source.state_dict()
+        _atomic_torch_save(state, ckpt_path)
+
+    images_dev = images.to(device, torch.float32)
+    B = config.batch_size
+    shape = (B, *images.shape[1:])
+    t_loop = time.perf_counter()
+    with tqdm(total=n_steps, initial=start, desc="training", disable=not progress, leave=False) as bar:
+        for step in range(start + 1, n_steps + 1):
+            idx = torch.randint(n_images, (B,), generator=generator)
+            if t_weights is None:
+                t = torch.randint(config.timesteps, (B,), generator=generator)
+            else:
+                t = torch.multinomial(t_weights, B, replacement=True, generator=generator)
+            noise = noise_source.sample(shape, generator=generator, t=t).to(device, torch.float32)
+            t = t.to(device)
+            x_t = diffusion.add_noise(images_dev[idx.to(device)], noise, t)
+            loss = F.mse_loss(model(x_t, t), noise)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteError(
+                    f"loss is {value} at step {step}; training stopped "
+                    f"(last good checkpoint: step {last_ckpt}"
+                    + (f", in {checkpoint_dir})" if last_ckpt is not None else ")"),
+                    step, last_ckpt,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _ema_update(ema, model, config.ema_decay)
+            loss_history.append(value)
+            if ckpt_path is not None and (
+                step == n_steps or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            ):
+                save(step)
+                last_ckpt = step
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if callback is not None:
+                callback(step, value, model)
+    t_end = time.perf_counter()
+    steps_run = n_steps - start
+    return TrainResult(
+        loss_history=loss_history,
+        model=model,
+        ema_model=ema,
+        steps=n_steps,
+        resumed_from=start,
+        device=str(device),
+        n_images=n_images,
+        timings={
+            "train_s": t_end - t_start,
+            "per_step_s": (t_end - t_loop) / steps_run if steps_run else None,
+        },
+        config=config,
+    )
