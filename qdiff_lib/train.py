@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from qdiff_lib import schedules
 from qdiff_lib.diffusion import Diffusion
-from qdiff_lib.noise import GaussianNoise, NoiseSource
+from qdiff_lib.noise import NOISE_SOURCES, make_noise_source
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -52,29 +52,12 @@ __all__ = [
     "NonFiniteError",
     "train",
     "resolve_device",
-    "make_noise",
-    "noise_source_names",
-    "timestep_distribution_names",
     "load_checkpoint",
 ]
 
 #: Optimiser steps when neither ``steps`` nor ``epochs`` is given (the authors' later fixed budget).
 DEFAULT_STEPS = 2000
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def noise_source_names() -> tuple[str, ...]:
-    """Names accepted by ``TrainConfig.noise``: those of ``qdiff_lib.noise.make_noise_source`` when present."""
-    from qdiff_lib import noise
-
-    if hasattr(noise, "make_noise_source"):
-        return tuple(getattr(noise, "NOISE_SOURCES", ("gaussian", "quantum", "hybrid")))
-    return ("gaussian",)
-
-
-def timestep_distribution_names() -> tuple[str, ...]:
-    """Names accepted by ``TrainConfig.timestep_distribution`` (``"uniform"`` first)."""
-    return tuple(getattr(schedules, "TIMESTEP_DISTRIBUTIONS", ("uniform",)))
 
 
 def _check_choice(kind: str, value: Any, allowed) -> None:
@@ -99,9 +82,10 @@ class TrainConfig:
         ema_decay: decay of the weights' exponential moving average (paper: 0.999).
         schedule: beta schedule name (``qdiff_lib.schedules.SCHEDULES``; paper: cosine).
         timesteps: T (paper: 1000).
-        noise: noise source name (``"gaussian"``; others from ``qdiff_lib.noise.make_noise_source``).
-        noise_kwargs: keyword arguments of the noise source.
-        timestep_distribution: how training timesteps are drawn (``"uniform"``: DDPM).
+        noise: noise source name (``qdiff_lib.noise.NOISE_SOURCES``; ``"gaussian"``: DDPM).
+        noise_kwargs: keyword arguments of ``qdiff_lib.noise.make_noise_source`` (not ``timesteps``).
+        timestep_distribution: how training timesteps are drawn (``qdiff_lib.schedules.TIMESTEP_DISTRIBUTIONS``;
+            ``"uniform"``: DDPM).
         checkpoint_every: write a checkpoint every this many steps (0: only at the end); needs a checkpoint_dir.
         seed: seed of the training generator (batches, timesteps, noise). The model's initial weights come from
             the model's own seed.
@@ -136,8 +120,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         _check_choice("beta schedule", self.schedule, sorted(schedules.SCHEDULES))
         _check_positive_int("timesteps", self.timesteps, minimum=2)
-        _check_choice("noise source", self.noise, noise_source_names())
-        _check_choice("timestep distribution", self.timestep_distribution, timestep_distribution_names())
+        _check_choice("noise source", self.noise, NOISE_SOURCES)
+        _check_choice("timestep distribution", self.timestep_distribution, schedules.TIMESTEP_DISTRIBUTIONS)
         _check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         _check_positive_int("seed", self.seed, minimum=0)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
@@ -202,16 +186,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; allowed here: ['auto', 'cpu']")
     return dev
-
-
-def make_noise(name: str, **kwargs: Any) -> NoiseSource:
-    """The noise source called ``name`` (``"gaussian"`` without the factory of ``qdiff_lib.noise``)."""
-    from qdiff_lib import noise
-
-    if hasattr(noise, "make_noise_source"):
-        return noise.make_noise_source(name, **kwargs)
-    _check_choice("noise source", name, ("gaussian",))
-    return GaussianNoise(**kwargs)
 
 
 def _fingerprint(images: torch.Tensor) -> str:
@@ -296,11 +270,12 @@ def train(
     n_steps = config.total_steps(n_images)
     device = resolve_device(config.device)
     diffusion = Diffusion.from_schedule(config.schedule, config.timesteps).to(device)
-    noise_source = make_noise(config.noise, **config.noise_kwargs)
+    # the source's draws are made on the CPU with the training generator, then moved to the device
+    noise_source = make_noise_source(config.noise, timesteps=config.timesteps, **config.noise_kwargs)
     if config.timestep_distribution == "uniform":
         t_weights = None
     else:
-        t_weights = torch.as_tensor(schedules.timestep_weights(config.timestep_distribution, config.timesteps))
+        t_weights = schedules.timestep_weights(config.timestep_distribution, config.timesteps, schedule=config.schedule)
 
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)

@@ -191,3 +191,60 @@ def test_bad_images():
     bad[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or infinite"):
         train(_model(), bad, _config(), progress=False)
+
+
+class _Recorder(torch.nn.Module):
+    """A tiny denoiser that records the inputs the trainer gives it."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t):
+        self.seen.append((x.detach().clone(), t.clone()))
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "logsnr_gaussian"])
+def test_draws_follow_the_documented_order(distribution):
+    """Per step: image indices (with replacement), timesteps, then the noise, from one generator."""
+    from qdiff_lib.diffusion import Diffusion
+    from qdiff_lib.schedules import timestep_weights
+
+    images, cfg = _images(), _config(steps=3, timestep_distribution=distribution, schedule="linear")
+    model = _Recorder()
+    train(model, images, cfg, progress=False)
+    g = torch.Generator().manual_seed(cfg.seed)
+    d = Diffusion.from_schedule("linear", cfg.timesteps)
+    weights = timestep_weights(distribution, cfg.timesteps, schedule="linear")
+    for x_seen, t_seen in model.seen:
+        idx = torch.randint(10, (8,), generator=g)
+        if distribution == "uniform":
+            t = torch.randint(cfg.timesteps, (8,), generator=g)
+        else:
+            t = torch.multinomial(weights, 8, replacement=True, generator=g)
+        noise = torch.randn((8, 1, 28, 28), generator=g)
+        assert torch.equal(t_seen, t)
+        assert torch.equal(x_seen, d.add_noise(images[idx], noise, t))
+
+
+def test_logsnr_timesteps_concentrate_where_the_weights_are():
+    from qdiff_lib.schedules import timestep_weights
+
+    model = _Recorder()
+    train(model, _images(), _config(steps=25, batch_size=64, timestep_distribution="logsnr_gaussian"), progress=False)
+    t = torch.cat([s[1] for s in model.seen])
+    expected = float((timestep_weights("logsnr_gaussian", 50, schedule="cosine") * torch.arange(50)).sum())
+    assert abs(float(t.double().mean()) - expected) < 1.5  # 1600 draws; sd of the mean is about 0.3
+
+
+@pytest.mark.parametrize("noise, kwargs", [("quantum", {"n_qubits": 4}), ("hybrid", {"n_qubits": 4})])
+def test_quantum_and_hybrid_noise_sources(noise, kwargs):
+    a = train(_Recorder(), _images(), _config(steps=3, noise=noise, noise_kwargs=kwargs), progress=False)
+    b = train(_Recorder(), _images(), _config(steps=3, noise=noise, noise_kwargs=kwargs), progress=False)
+    g = train(_Recorder(), _images(), _config(steps=3), progress=False)
+    assert a.loss_history == b.loss_history != g.loss_history
+    assert all(math.isfinite(v) for v in a.loss_history)
