@@ -1,0 +1,183 @@
+"""Statistics over seeds: bootstrap intervals, paired comparisons between arms, tables with intervals.
+
+A configuration (dataset, class, N, arm) is trained with several seeds; each seed gives one value of each
+metric. With 5 seeds, intervals are wide and the tests weak: that is the honest state of the evidence, and the
+helpers here report it rather than hide it. Arms trained with the same seed share data draws and initialisation
+of the shared parts, so arms are compared *paired* by seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["bootstrap_ci", "paired_comparison", "format_interval", "table_with_intervals"]
+
+BOOTSTRAP_METHODS = ("percentile", "basic", "bca")
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    n_boot: int = 9999,
+    alpha: float = 0.05,
+    seed: int = 0,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    method: Literal["percentile", "basic", "bca"] = "percentile",
+) -> dict:
+    """Bootstrap confidence interval of ``statistic`` of ``values`` (one value per seed).
+
+    Uses :func:`scipy.stats.bootstrap` with ``numpy.random.default_rng(seed)``. With very few values
+    (e.g. 5 seeds) the percentile interval is known to be too narrow (it cannot reach beyond the observed
+    range); :func:`paired_comparison` also gives the Student-t interval. Constant values give a zero-width
+    interval. NaNs are an error.
+
+    Returns ``{"mean", "ci_low", "ci_high", "n"}`` (``mean`` is ``statistic(values)``).
+    """
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(BOOTSTRAP_METHODS)}")
+    x = np.asarray(values, dtype=float).ravel()
+    if x.size == 0:
+        raise ValueError("bootstrap_ci: expected at least one value, got none")
+    if np.isnan(x).any():
+        raise ValueError("bootstrap_ci: values contain NaN")
+    point = float(statistic(x))
+    if x.size == 1 or np.ptp(x) == 0:
+        return {"mean": point, "ci_low": point if x.size > 1 else float("nan"),
+                "ci_high": point if x.size > 1 else float("nan"), "n": int(x.size)}
+    vectorized = statistic is np.mean
+    res = stats.bootstrap(
+        (x,),
+        (lambda s, axis: np.mean(s, axis=axis)) if vectorized else statistic,
+        n_resamples=n_boot,
+        confidence_level=1 - alpha,
+        method=method,
+        rng=np.random.default_rng(seed),
+        vectorized=vectorized,
+    )
+    return {"mean": point, "ci_low": float(res.confidence_interval.low), "ci_high": float(res.confidence_interval.high), "n": int(x.size)}
+
+
+def paired_comparison(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    alpha: float = 0.05,
+    n_boot: int = 9999,
+    seed: int = 0,
+) -> dict:
+    """Compare two arms measured on the same seeds: ``a[i]`` and ``b[i]`` come from seed ``i``.
+
+    With differences ``d = a - b`` (n pairs):
+
+    * ``mean_diff`` with the Student-t interval ``mean(d) +- t_{n-1, 1-alpha/2} sd(d)/sqrt(n)``
+      (``ci_low``/``ci_high``) and the percentile bootstrap interval (``boot_low``/``boot_high``);
+    * the paired t-test (``t_stat``, ``t_pvalue``; :func:`scipy.stats.ttest_rel`);
+    * the Wilcoxon signed-rank test, exact when possible (``wilcoxon_stat``, ``wilcoxon_pvalue``): with n pairs its
+      smallest attainable two-sided p-value is ``2 / 2**n`` (0.0625 for 5 seeds), reported as
+      ``wilcoxon_min_pvalue`` so a reader sees when the test cannot reach 0.05;
+    * the effect size Cohen's ``d_z = mean(d) / sd(d)``;
+    * ``n_a_greater``: in how many pairs ``a > b``.
+
+    Returns a JSON-serialisable dict (NaN where a quantity is undefined, e.g. sd(d) = 0).
+    """
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired_comparison: a and b must have the same length (one value per seed), got {a.size} and {b.size}")
+    if a.size < 2:
+        raise ValueError(f"paired_comparison: expected at least 2 pairs, got {a.size}")
+    if np.isnan(a).any() or np.isnan(b).any():
+        raise ValueError("paired_comparison: values contain NaN")
+    d = a - b
+    n = d.size
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = stats.t.ppf(1 - alpha / 2, n - 1) * sd / math.sqrt(n)
+    nan = float("nan")
+    if sd > 0:
+        t = stats.ttest_rel(a, b)
+        t_stat, t_p = float(t.statistic), float(t.pvalue)
+    else:
+        t_stat, t_p = nan, nan
+    if np.any(d != 0):
+        w = stats.wilcoxon(a, b)
+        w_stat, w_p = float(w.statistic), float(w.pvalue)
+    else:
+        w_stat, w_p = nan, nan
+    boot = bootstrap_ci(d, n_boot=n_boot, alpha=alpha, seed=seed)
+    return {
+        "n": int(n),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "mean_diff": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "boot_low": boot["ci_low"],
+        "boot_high": boot["ci_high"],
+        "t_stat": t_stat,
+        "t_pvalue": t_p,
+        "wilcoxon_stat": w_stat,
+        "wilcoxon_pvalue": w_p,
+        "wilcoxon_min_pvalue": 2.0 / 2**n,
+        "cohens_dz": mean / sd if sd > 0 else nan,
+        "n_a_greater": int((d > 0).sum()),
+        "alpha": alpha,
+    }
+
+
+def format_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
+    """``"mean [low, high]"`` with ``digits`` significant digits (``"nan"`` for missing bounds)."""
+
+    def f(v: float) -> str:
+        return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}g}"
+
+    return f"{f(mean)} [{f(low)}, {f(high)}]"
+
+
+def table_with_intervals(
+    data: pd.DataFrame | Iterable[Mapping],
+    by: str | Sequence[str],
+    metrics: Sequence[str] | None = None,
+    n_boot: int = 9999,
+    alpha: float = 0.05,
+    seed: int = 0,
+    digits: int = 3,
+    as_string: bool = False,
+) -> pd.DataFrame | str:
+    """A table of ``"mean [lo, hi]"`` per group, from one row per (configuration, seed).
+
+    Args:
+        data: a DataFrame or records (dicts) with the ``by`` columns and one numeric column per metric.
+        by: column(s) that identify a configuration (e.g. ``["arm", "n_train"]``); rows sharing them are seeds.
+        metrics: the metric columns (default: every numeric column not in ``by`` and not named ``seed``).
+        n_boot, alpha, seed: of :func:`bootstrap_ci` (percentile) for each cell.
+        digits: significant digits.
+        as_string: return the table rendered as Markdown text (``DataFrame.to_markdown`` needs ``tabulate``;
+            a plain ``to_string`` is used) instead of the DataFrame.
+
+    Returns a DataFrame indexed by ``by`` with one string column per metric and a column ``n`` (seeds).
+    """
+    df = data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [c for c in by if c not in df.columns]
+    if missing:
+        raise ValueError(f"unknown column(s) {missing} in by; allowed: {list(df.columns)}")
+    if metrics is None:
+        metrics = [c for c in df.columns if c not in by and c != "seed" and pd.api.types.is_numeric_dtype(df[c])]
+    else:
+        bad = [c for c in metrics if c not in df.columns]
+        if bad:
+            raise ValueError(f"unknown metric column(s) {bad}; allowed: {list(df.columns)}")
+    rows = []
+    for key, group in df.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        for m in metrics:
+            ci = bootstrap_ci(group[m].dropna().to_numpy(), n_boot=n_boot, alpha=alpha, seed=seed)
+            row[m] = format_interval(ci["mean"], ci["ci_low"], ci["ci_high"], digits)
+        row["n"] = len(group)
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index(by)
+    return table.to_string() if as_string else table

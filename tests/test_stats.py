@@ -1,0 +1,80 @@
+"""Tests of qdiff_lib.stats against analytic results and scipy."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from qdiff_lib.stats import bootstrap_ci, format_interval, paired_comparison, table_with_intervals
+
+
+def test_bootstrap_ci_matches_normal_theory_for_large_samples():
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=400)
+    ci = bootstrap_ci(x, n_boot=4000, seed=0)
+    half = 1.959964 * x.std(ddof=1) / math.sqrt(len(x))
+    assert ci["mean"] == pytest.approx(x.mean())
+    assert ci["ci_low"] == pytest.approx(x.mean() - half, abs=0.1 * half)
+    assert ci["ci_high"] == pytest.approx(x.mean() + half, abs=0.1 * half)
+    assert ci["n"] == 400
+
+
+def test_bootstrap_ci_is_seeded_and_seed_matters():
+    x = [0.3, 0.1, 0.7, 0.2, 0.5]
+    assert bootstrap_ci(x, n_boot=500, seed=3) == bootstrap_ci(x, n_boot=500, seed=3)
+    assert bootstrap_ci(x, n_boot=500, seed=3) != bootstrap_ci(x, n_boot=500, seed=4)
+
+
+def test_bootstrap_ci_constant_and_median_and_errors():
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == {"mean": 2.0, "ci_low": 2.0, "ci_high": 2.0, "n": 3}
+    med = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 100.0], statistic=np.median, n_boot=500)
+    assert med["mean"] == 3.0 and med["ci_low"] <= 3.0 <= med["ci_high"]
+    with pytest.raises(ValueError, match="unknown method 'foo'.*percentile, basic, bca"):
+        bootstrap_ci([1.0, 2.0], method="foo")
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_ci([1.0, float("nan")])
+
+
+def test_paired_comparison_against_hand_computation_and_scipy():
+    a = np.array([1.0, 2.0, 3.0, 4.0, 6.0])
+    b = np.array([0.5, 1.0, 2.5, 3.0, 4.0])
+    d = a - b  # 0.5, 1, 0.5, 1, 2
+    r = paired_comparison(a, b, n_boot=500)
+    sd = d.std(ddof=1)
+    assert r["mean_diff"] == pytest.approx(1.0)
+    assert r["cohens_dz"] == pytest.approx(1.0 / sd)
+    assert r["t_stat"] == pytest.approx(1.0 / (sd / math.sqrt(5)))
+    assert r["t_pvalue"] == pytest.approx(2 * sps.t.sf(r["t_stat"], 4))
+    half = sps.t.ppf(0.975, 4) * sd / math.sqrt(5)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((1.0 - half, 1.0 + half))
+    # All five differences positive: the exact two-sided Wilcoxon p-value is its minimum, 2/2^5.
+    assert r["wilcoxon_pvalue"] == pytest.approx(0.0625)
+    assert r["wilcoxon_min_pvalue"] == pytest.approx(0.0625)
+    assert r["n_a_greater"] == 5
+    assert r["boot_low"] <= 1.0 <= r["boot_high"]
+
+
+def test_paired_comparison_degenerate_and_errors():
+    r = paired_comparison([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], n_boot=200)
+    assert r["mean_diff"] == 0.0 and math.isnan(r["cohens_dz"]) and math.isnan(r["wilcoxon_pvalue"])
+    with pytest.raises(ValueError, match="same length"):
+        paired_comparison([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_format_interval():
+    assert format_interval(0.123456, 0.1, 0.15, digits=3) == "0.123 [0.1, 0.15]"
+    assert format_interval(1.0, float("nan"), float("nan")) == "1 [nan, nan]"
+
+
+def test_table_with_intervals_groups_by_configuration():
+    rows = [{"arm": arm, "seed": s, "kid": base + 0.01 * s} for arm, base in [("quantum", 1.0), ("se", 2.0)] for s in range(5)]
+    table = table_with_intervals(rows, by="arm", n_boot=500)
+    assert list(table.index) == ["quantum", "se"]
+    assert list(table.columns) == ["kid", "n"]
+    assert table.loc["quantum", "n"] == 5
+    ci = bootstrap_ci([1.0 + 0.01 * s for s in range(5)], n_boot=500)
+    assert table.loc["quantum", "kid"] == format_interval(ci["mean"], ci["ci_low"], ci["ci_high"])
+    assert isinstance(table_with_intervals(pd.DataFrame(rows), by=["arm"], n_boot=200, as_string=True), str)
+    with pytest.raises(ValueError, match="unknown metric column"):
+        table_with_intervals(rows, by="arm", metrics=["fid"])
