@@ -1,0 +1,116 @@
+"""The command line ``python -m qdiff_lib run`` (qdiff_lib.cli)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qdiff_lib import REPO_ROOT, data
+from qdiff_lib.cli import CHECKPOINT_DIR, RESULT_NAME, SAMPLES_NAME, build_parser, main
+
+pytestmark = pytest.mark.skipif(data.find_file("mnist.npz") is None, reason="mnist.npz is not on disk")
+
+TINY = [
+    "run", "--dataset", "mnist", "--label", "3", "--n-train", "6", "--n-ref", "8", "--bottleneck", "se",
+    "--n-qubits", "4", "--steps", "4", "--batch-size", "4", "--timesteps", "20", "--checkpoint-every", "2",
+    "--n-samples", "3", "--sampler", "ddim", "--sample-steps", "4", "--seed", "1", "--device", "cpu",
+    "--no-metrics", "--no-progress",
+]
+REQUIRED_OPTIONS = [
+    "--dataset", "--label", "--n-train", "--bottleneck", "--ansatz", "--n-qubits", "--n-layers", "--schedule",
+    "--noise", "--steps", "--n-samples", "--sampler", "--sample-steps", "--seed", "--device", "--out", "--force",
+    "--no-metrics",
+]
+
+
+def _read(out):
+    record = json.loads((out / RESULT_NAME).read_text())
+    with np.load(out / SAMPLES_NAME) as f:
+        samples = f["samples"]
+    return record, samples
+
+
+def test_help_documents_every_option():
+    proc = subprocess.run([sys.executable, "-m", "qdiff_lib", "run", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for option in REQUIRED_OPTIONS:
+        assert option in proc.stdout, option
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    for action in run_parser._actions:
+        assert action.help, action.option_strings  # every option says what it does
+
+
+def test_run_writes_result_and_samples_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--out", str(out)]) == 0
+    record, samples = _read(out)
+    assert {"config", "loss_history", "metrics", "versions", "git_commit", "timings", "device"} <= set(record)
+    assert len(record["loss_history"]) == 4 and record["metrics"] == {}
+    assert record["config"]["options"]["label"] == 3 and record["config"]["train"]["timesteps"] == 20
+    assert set(record["versions"]) >= {"torch", "pennylane", "qdiff_lib"}
+    assert record["git_commit"] is None or len(record["git_commit"]) == 40
+    assert record["train"]["epochs"] == pytest.approx(4 * 4 / 6)
+    assert samples.shape == (3, 1, 28, 28) and samples.dtype == np.float32
+    assert samples.min() >= -1 and samples.max() <= 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([CHECKPOINT_DIR, RESULT_NAME, SAMPLES_NAME])
+
+    before = (out / RESULT_NAME).read_bytes()
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, "--out", str(out)])
+    assert info.value.code == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert (out / RESULT_NAME).read_bytes() == before
+
+    assert main([*TINY, "--out", str(out), "--force"]) == 0
+    again, samples_again = _read(out)
+    assert again["loss_history"] == record["loss_history"]  # same seed, same numbers
+    assert np.array_equal(samples_again, samples)
+    assert again["train"]["resumed_from"] == 0  # --force discarded the old checkpoint
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert main([*TINY, "--out", str(out), "--steps", "2"]) == 0  # the first 2 steps: a checkpoint at step 2
+    (out / RESULT_NAME).unlink()
+    (out / SAMPLES_NAME).unlink()
+    # same options except the budget would be refused: the checkpoint is for steps=2
+    assert main([*TINY, "--out", str(out), "--steps", "2"]) == 0
+    resumed, samples = _read(out)
+    assert resumed["train"]["resumed_from"] == 2
+    fresh = tmp_path / "fresh"
+    assert main([*TINY, "--out", str(fresh), "--steps", "2"]) == 0
+    reference, reference_samples = _read(fresh)
+    assert resumed["loss_history"] == reference["loss_history"]
+    assert np.array_equal(samples, reference_samples)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--bottleneck", "classical"], "invalid choice: 'classical'"),
+        (["--sampler", "euler"], "invalid choice: 'euler'"),
+        (["--label", "10"], "label 10 is not a class of mnist; allowed: 0..9"),
+        (["--n-train", "0"], "n-train must be an integer >= 1"),
+        (["--steps", "0"], "steps must be an integer >= 1"),
+        (["--sample-steps", "21"], "sample-steps must lie in 1..20"),
+        (["--sampler", "ddpm", "--sample-steps", "5"], "the ddpm sampler runs all 20 timesteps"),
+        (["--n-qubits", "0"], "n_qubits must be a positive integer"),
+        (["--noise", "quantum", "--noise-kwargs", '{"colour": 1}'], "bad --noise-kwargs for noise 'quantum'"),
+        (["--noise-kwargs", "[1]"], "--noise-kwargs must be a JSON object"),
+        (["--device", "tpu"], "unknown device 'tpu'; allowed:"),
+        (["--n-train", "100000"], "allowed: 1.."),
+        (["--steps", "3", "--epochs", "2"], "not allowed with argument"),
+    ],
+)
+def test_bad_values_stop_before_any_work(tmp_path, capsys, change, message):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, "--out", str(out), *change])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
