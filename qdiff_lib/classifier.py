@@ -1,0 +1,317 @@
+"""A small CNN classifier per dataset: the feature space of the companion's metrics.
+
+The paper measures FID with Inception-v3 features of 13 images cropped from a saved figure (PAPER.md, defect 4).
+Inception-v3 was trained on ImageNet photographs at 299x299; on 28x28 digits and tissue tiles its features say
+little, and its weights are not available offline. The companion instead trains, for each dataset, a small CNN
+on that dataset's own training split and uses its penultimate layer (128 features) as the space in which FID,
+KID, precision/recall and memorization are measured (:mod:`qdiff_lib.metrics`), and its predictions for the
+class consistency of samples.
+
+Training is deterministic (seeded initialisation and shuffling, CPU) and quick (a few minutes at most on two
+cores). The trained weights are cached outside git in ``$QDIFF_CACHE_DIR`` or ``~/.cache/qdiff_lib``, in a file
+named after the dataset and a hash of the training recipe, written atomically; the test accuracy travels with
+the weights. Command line::
+
+    python -m qdiff_lib.classifier --dataset mnist     # trains (or loads) and prints the test accuracy
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qdiff_lib import data
+
+__all__ = [
+    "ClassifierRecipe",
+    "SmallCNN",
+    "FeatureExtractor",
+    "TrainedClassifier",
+    "cache_dir",
+    "recipe_for",
+    "train_classifier",
+    "get_classifier",
+]
+
+#: Fraction of the available training images held out for the test accuracy when a dataset has no test
+#: split on disk (offline PathMNIST: only a 1000-image subset of the training split exists).
+HOLDOUT_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """Everything that determines the trained weights; its hash names the cache file.
+
+    Training runs ``max(epochs, ceil(min_steps / steps_per_epoch))`` epochs, so that small datasets
+    (BreastMNIST: 546 images) still get enough optimiser steps.
+    """
+
+    epochs: int = 3
+    min_steps: int = 600
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    width: int = 16
+    n_features: int = 128
+    seed: int = 0
+    version: int = 1  # bump when the architecture or the training loop changes
+
+    def hash(self, extra: str = "") -> str:
+        text = json.dumps(asdict(self), sort_keys=True) + extra
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def recipe_for(dataset: str) -> ClassifierRecipe:
+    """The training recipe used for ``dataset`` (the same for every dataset at present)."""
+    data.dataset_info(dataset)  # validates the name
+    return ClassifierRecipe()
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and two linear layers.
+
+    ``(B, C, 28, 28)`` in [-1, 1] -> conv3x3(C, w) ReLU maxpool -> conv3x3(w, 2w) ReLU maxpool ->
+    ``(B, 2w*7*7)`` -> Linear -> ReLU -> features ``(B, n_features)`` -> Linear -> logits ``(B, n_classes)``.
+    """
+
+    def __init__(self, n_channels: int, n_classes: int, width: int = 16, n_features: int = 128):
+        super().__init__()
+        self.n_channels = n_channels
+        self.body = nn.Sequential(
+            nn.Conv2d(n_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * 7 * 7, n_features),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(n_features, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features: ``(B, C, 28, 28)`` -> ``(B, n_features)``."""
+        if x.ndim != 4 or x.shape[1:] != (self.n_channels, 28, 28):
+            raise ValueError(f"expected (B, {self.n_channels}, 28, 28), got {tuple(x.shape)}")
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_classes)``."""
+        return self.head(self.features(x))
+
+
+class FeatureExtractor(nn.Module):
+    """The classifier's penultimate layer as a frozen module, usable as torchmetrics' custom ``feature``.
+
+    ``forward``: ``(B, C, 28, 28)`` float in [-1, 1] -> ``(B, num_features)``; no gradient, eval mode.
+    torchmetrics passes images to a custom module unchanged (its ``normalize`` flag only affects Inception),
+    and reads ``num_features`` instead of probing the module with a dummy image.
+    """
+
+    def __init__(self, net: SmallCNN):
+        super().__init__()
+        self.net = net
+        self.num_features = net.head.in_features
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        return super().train(False)  # always in eval mode (no dropout/batchnorm now, but stay safe)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x.float())
+
+
+class TrainedClassifier(nn.Module):
+    """A trained :class:`SmallCNN` with its provenance.
+
+    Attributes:
+        dataset: the dataset it was trained on.
+        test_accuracy: accuracy on ``test_split`` (fraction in [0, 1]).
+        test_split: where the test images came from, in words.
+        recipe: the :class:`ClassifierRecipe`.
+        feature: a :class:`FeatureExtractor` (penultimate layer), for FID/KID through torchmetrics.
+    """
+
+    def __init__(self, net: SmallCNN, dataset: str, test_accuracy: float, test_split: str, recipe: ClassifierRecipe):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.dataset = dataset
+        self.test_accuracy = float(test_accuracy)
+        self.test_split = test_split
+        self.recipe = recipe
+        self.feature = FeatureExtractor(self.net)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_classes)`` of images ``(B, C, 28, 28)`` in [-1, 1]."""
+        return self.net(x.float())
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Predicted classes ``(B,)`` (LongTensor)."""
+        return torch.cat([self.net(x[i : i + batch_size].float()).argmax(1) for i in range(0, len(x), batch_size)])
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainedClassifier(dataset={self.dataset!r}, test_accuracy={self.test_accuracy:.4f}, "
+            f"test_split={self.test_split!r})"
+        )
+
+
+def cache_dir() -> Path:
+    """``$QDIFF_CACHE_DIR`` or ``~/.cache/qdiff_lib`` (outside git)."""
+    return Path(os.environ.get("QDIFF_CACHE_DIR") or Path.home() / ".cache" / "qdiff_lib")
+
+
+def _check_labels(dataset: str, labels: torch.Tensor) -> None:
+    if labels.ndim != 1:
+        raise ValueError(f"{dataset} is multi-label (labels {tuple(labels.shape)}); the classifier needs one class per image")
+
+
+def _train_test(dataset: str, recipe: ClassifierRecipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """(x_train, y_train, x_test, y_test, description of the test images)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DataNotice)
+        x, y = data.load_labelled(dataset, "train")
+    _check_labels(dataset, y)
+    try:
+        x_test, y_test = data.load_labelled(dataset, "test")
+        return x, y, x_test, y_test, f"{dataset} test split ({len(x_test)} images)"
+    except FileNotFoundError:
+        # No test split on disk (offline PathMNIST subset): hold out a seeded fraction of the training images.
+        g = torch.Generator().manual_seed(recipe.seed + 1)
+        perm = torch.randperm(len(x), generator=g)
+        n_test = max(1, int(round(HOLDOUT_FRACTION * len(x))))
+        te, tr = perm[:n_test], perm[n_test:]
+        desc = (
+            f"{n_test} of the {len(x)} available {dataset} training images, held out from classifier training "
+            "(no test split on disk)"
+        )
+        return x[tr], y[tr], x[te], y[te], desc
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    net.eval()
+    correct = sum(int((net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()) for i in range(0, len(x), batch_size))
+    return correct / len(x)
+
+
+def train_classifier(
+    dataset: str, recipe: ClassifierRecipe | None = None, progress: bool = True
+) -> TrainedClassifier:
+    """Train the classifier for ``dataset`` on CPU, deterministically from ``recipe.seed``; no caching.
+
+    Adam on the cross-entropy, minibatches of ``recipe.batch_size`` drawn by a seeded permutation each epoch.
+    The caller's global RNG state is left unchanged (initialisation runs inside ``torch.random.fork_rng``).
+    """
+    recipe = recipe or recipe_for(dataset)
+    info = data.dataset_info(dataset)
+    x, y, x_test, y_test, test_desc = _train_test(dataset, recipe)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        net = SmallCNN(info.n_channels, info.n_classes, recipe.width, recipe.n_features)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    g = torch.Generator().manual_seed(recipe.seed)
+    steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
+    epochs = max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch))
+    bar = tqdm(total=epochs * steps_per_epoch, desc=f"classifier {dataset}", disable=not progress)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), recipe.batch_size):
+            idx = perm[i : i + recipe.batch_size]
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    acc = _accuracy(net, x_test, y_test)
+    return TrainedClassifier(net, data.dataset_info(dataset).name, acc, test_desc, recipe)
+
+
+def _cache_path(dataset: str, recipe: ClassifierRecipe) -> Path:
+    # The data source is part of the key: the offline PathMNIST subset and the full file give different weights.
+    source = data.find_file(data.dataset_info(dataset).filename)
+    return cache_dir() / f"classifier_{dataset}_{recipe.hash(str(source is not None))}.pt"
+
+
+def _save(clf: TrainedClassifier, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": clf.net.state_dict(),
+        "dataset": clf.dataset,
+        "test_accuracy": clf.test_accuracy,
+        "test_split": clf.test_split,
+        "recipe": asdict(clf.recipe),
+        "n_channels": clf.net.n_channels,
+        "n_classes": clf.net.head.out_features,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path) -> TrainedClassifier:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    recipe = ClassifierRecipe(**payload["recipe"])
+    net = SmallCNN(payload["n_channels"], payload["n_classes"], recipe.width, recipe.n_features)
+    net.load_state_dict(payload["state_dict"])
+    return TrainedClassifier(net, payload["dataset"], payload["test_accuracy"], payload["test_split"], recipe)
+
+
+def get_classifier(dataset: str, device: str | torch.device = "cpu", progress: bool = True) -> TrainedClassifier:
+    """The trained classifier of ``dataset``: loaded from the cache, or trained now (on CPU) and cached.
+
+    Returns a :class:`TrainedClassifier` on ``device``; ``.test_accuracy`` and ``.test_split`` say how good
+    it is and on what; ``.feature`` is the feature extractor for torchmetrics.
+    """
+    dataset = data.dataset_info(dataset).name
+    recipe = recipe_for(dataset)
+    path = _cache_path(dataset, recipe)
+    if path.exists():
+        clf = _load(path)
+    else:
+        clf = train_classifier(dataset, recipe, progress=progress)
+        _save(clf, path)
+    return clf.to(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m qdiff_lib.classifier", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=data.DATASETS)
+    parser.add_argument("--retrain", action="store_true", help="train even if a cached classifier exists")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    recipe = recipe_for(args.dataset)
+    path = _cache_path(args.dataset, recipe)
+    if args.retrain or not path.exists():
+        _save(train_classifier(args.dataset, recipe, progress=not args.no_progress), path)
+    clf = _load(path)
+    print(f"{clf.dataset}: test accuracy {clf.test_accuracy:.4f} on {clf.test_split}")
+    print(f"cached at {path}")
+
+
+if __name__ == "__main__":
+    main()
