@@ -306,7 +306,23 @@ class QuantumNoise:
         var = self.probs @ (raw - mean) ** 2
         if bool((var <= 1e-12).any()):
             raise ValueError(f"the Born distribution of {self!r} gives a constant noise value; cannot standardise")
-        return (raw - mean) / var.sqrt()
+        table = (raw - mean) / var.sqrt()
+        # the zero level carries ~1e-17 of rounding from the exact mean; snap it so that value slots with the same
+        # law share the same levels
+        return torch.where(table.abs() < 1e-12, 0.0, table)
+
+    def value_distribution(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact law of one noise value: sorted distinct ``levels`` and their ``masses`` (float64, ``(L,)`` each).
+
+        A value is taken from a uniformly chosen slot of a shot, so the law is the average of the slots' laws
+        (identical slots for the Hadamard circuit). Levels are those of the float32 output of :meth:`sample`.
+        """
+        values = self.table.to(torch.float32).to(torch.float64).reshape(-1)
+        weights = (self.probs[:, None] / self.values_per_shot).expand_as(self.table).reshape(-1)
+        levels, inverse = torch.unique(values, return_inverse=True)
+        masses = torch.zeros(len(levels), dtype=torch.float64).index_add_(0, inverse, weights)
+        keep = masses > 0
+        return levels[keep], masses[keep]
 
     def value_covariance(self) -> torch.Tensor:
         """Exact covariance ``(values_per_shot, values_per_shot)`` (float64) of the values of one shot.

@@ -116,6 +116,25 @@ def test_binomial_mapping_is_scaled_binomial_for_hadamard():
     np.testing.assert_allclose(masses.numpy(), stats.binom.pmf(np.arange(k + 1), k, 0.5), atol=1e-12)
 
 
+@pytest.mark.parametrize("circuit,mapping", [("hadamard", "binomial"), ("entangled", "gaussianize")])
+def test_value_distribution_is_the_law_of_the_samples(circuit, mapping):
+    noise = QuantumNoise(circuit, n_qubits=8, mapping=mapping, qubits_per_value=4)
+    levels, masses = noise.value_distribution()
+    assert float(masses.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(masses @ levels) == pytest.approx(0.0, abs=1e-6)
+    assert float(masses @ levels**2) == pytest.approx(1.0, abs=1e-6)
+    # one value per shot keeps the draws independent; slot 1 reads qubits 1, 3, 5, 7, the translate of slot 0's
+    # 0, 2, 4, 6, and the chain is translation invariant in law, so every slot has the law of the mixture
+    x = noise.sample((200_000,), generator=torch.Generator().manual_seed(5)).double()[:: noise.values_per_shot]
+    observed, counts = torch.unique(x, return_counts=True)
+    assert set(observed.tolist()) <= set(levels.tolist())
+    expected = torch.zeros_like(masses)
+    expected[torch.searchsorted(levels, observed)] = counts.double()
+    assert stats.chisquare(expected.numpy(), masses.numpy() * len(x)).pvalue > 1e-3
+    if circuit == "hadamard":  # every value slot has the same 5 binomial levels
+        np.testing.assert_allclose(masses.numpy(), stats.binom.pmf(np.arange(5), 4, 0.5), atol=1e-12)
+
+
 def test_gaussianize_mapping_is_normal_quantile_for_hadamard():
     k = 5
     noise = QuantumNoise("hadamard", n_qubits=k, mapping="gaussianize", qubits_per_value=k)
