@@ -38,7 +38,7 @@ import torch
 from qdiff_lib import REPO_ROOT, __version__, schedules
 from qdiff_lib.diffusion import SAMPLERS, Diffusion
 from qdiff_lib.noise import NOISE_SOURCES, make_noise_source
-from qdiff_lib.train import TrainConfig, resolve_device, train
+from qdiff_lib.train import NonFiniteError, TrainConfig, resolve_device, train
 from qdiff_lib.unet import ANGLE_SCALINGS, BOTTLENECKS, GATES, NONLINEARITIES, UNet, count_parameters
 
 __all__ = ["RunOptions", "run", "build_parser", "main", "sampling_seed"]
@@ -386,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         parser.error(str(error))
     command = ["python", "-m", "qdiff_lib", *(sys.argv[1:] if argv is None else argv)]
-    record = _execute(prepared, options, force, progress, command)
+    try:
+        record = _execute(prepared, options, force, progress, command)
+    except NonFiniteError as error:
+        print(f"{parser.prog} run: training diverged: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {Path(out) / RESULT_NAME} and {Path(out) / SAMPLES_NAME} "
           f"({len(record['loss_history'])} steps, final loss {record['loss_history'][-1]:.4g})")
     return 0

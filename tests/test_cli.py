@@ -89,6 +89,13 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert np.array_equal(samples, reference_samples)
 
 
+def test_divergence_is_reported_and_the_last_good_checkpoint_kept(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--out", str(out), "--lr", "1e30", "--steps", "20", "--checkpoint-every", "1"]) == 1
+    assert "training diverged: loss is" in capsys.readouterr().err
+    assert not (out / RESULT_NAME).exists()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
