@@ -1,0 +1,667 @@
+"""The quantum bottleneck: the paper's circuits, a fast batched simulator and the PennyLane reference.
+
+Every circuit acts on ``n`` qubits (wire 0 is the most significant bit of a basis index, as in PennyLane):
+
+1. angle encoding, ``RY(x_i)`` on wire ``i`` for an input row ``x`` of shape ``(n,)``;
+2. ``n_layers`` layers, each a column of single-qubit rotations followed by an entangler of CNOTs;
+3. the expectation values ``<Z_i>`` on every wire, an output row of shape ``(n,)``.
+
+The ansätze (``ANSATZE``) differ in the rotations and the entangler:
+
+``"paper"``
+    ``RZ(w[l, i])`` on every wire, then the CNOT chain ``(i, i+1)``, ``i = 0..n-2``; weights ``(L, n)``.
+    The circuit of the official code of arXiv:2504.00034. RZ is diagonal and the chain permutes basis
+    states, so the Z-basis probabilities, and with them the outputs, do not depend on the weights
+    (see :func:`paper_closed_form`).
+``"rzry"``
+    ``RZ(w[l, i, 0])`` then ``RY(w[l, i, 1])`` on every wire, then the CNOT chain; weights ``(L, n, 2)``.
+    The authors' later fix.
+``"strong"``
+    PennyLane's ``StronglyEntanglingLayers`` (``Rot`` on every wire, then a CNOT ring of range
+    ``(l mod (n-1)) + 1``); weights ``(L, n, 3)``.
+
+Two backends compute the same map ``(B, n) -> (B, n)``:
+
+``"pennylane"``
+    the QNode on ``default.qubit`` (backprop, parameter broadcasting): the reference;
+``"torch"``
+    :func:`expectations_torch`, a batched statevector simulator: the encoding and the first layer's
+    rotations form a product state, later layers' rotations are fused into Kronecker products of up to
+    ``group_size`` qubits applied with one batched matmul each, every CNOT entangler is one precomputed
+    index permutation, and the last entangler is folded into the measurement matrix.
+
+Hardware realism: ``shots`` (sampled expectation values from a seeded generator) and ``depolarizing``
+(a single-qubit depolarizing channel of strength ``p`` on every wire after every layer, simulated with a
+density matrix, checked against PennyLane's ``default.mixed``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import pennylane as qml
+import torch
+from torch import nn
+
+__all__ = [
+    "ANSATZE",
+    "BACKENDS",
+    "WEIGHT_INITS",
+    "Ansatz",
+    "Backend",
+    "weight_shape",
+    "entangler_pairs",
+    "circuit",
+    "make_qnode",
+    "expectations_torch",
+    "expectations_pennylane",
+    "paper_closed_form",
+    "paper_parity_matrix",
+    "state_bytes",
+    "QuantumLayer",
+]
+
+Ansatz = Literal["paper", "rzry", "strong"]
+Backend = Literal["torch", "pennylane"]
+ANSATZE: tuple[str, ...] = ("paper", "rzry", "strong")
+BACKENDS: tuple[str, ...] = ("torch", "pennylane")
+WEIGHT_INITS: tuple[str, ...] = ("uniform", "zeros")
+
+#: Default ceiling for the simulator's state (statevector or density matrix) of one batch.
+DEFAULT_MEMORY_LIMIT_BYTES = 4 * 2**30
+#: Largest number of qubits fused into one Kronecker-product gate by the torch simulator.
+DEFAULT_GROUP_SIZE = 4
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def _check_sizes(n_layers: int, n_qubits: int) -> None:
+    if n_qubits < 1 or n_layers < 1:
+        raise ValueError(f"need n_qubits >= 1 and n_layers >= 1, got n_qubits={n_qubits}, n_layers={n_layers}")
+
+
+def weight_shape(ansatz: str, n_layers: int, n_qubits: int) -> tuple[int, ...]:
+    """Shape of the weight tensor: ``(L, n)`` for "paper", ``(L, n, 2)`` for "rzry", ``(L, n, 3)`` for "strong"."""
+    _check_choice("ansatz", ansatz, ANSATZE)
+    _check_sizes(n_layers, n_qubits)
+    if ansatz == "paper":
+        return (n_layers, n_qubits)
+    if ansatz == "rzry":
+        return (n_layers, n_qubits, 2)
+    return tuple(qml.StronglyEntanglingLayers.shape(n_layers, n_qubits))
+
+
+def _strong_range(layer: int, n_qubits: int) -> int:
+    """PennyLane's default range of ``StronglyEntanglingLayers`` for layer ``layer``."""
+    return (layer % (n_qubits - 1)) + 1 if n_qubits > 1 else 0
+
+
+def entangler_pairs(ansatz: str, layer: int, n_qubits: int) -> list[tuple[int, int]]:
+    """The (control, target) pairs of layer ``layer``'s CNOTs, in the order they are applied."""
+    _check_choice("ansatz", ansatz, ANSATZE)
+    if ansatz == "strong":
+        if n_qubits == 1:
+            return []
+        r = _strong_range(layer, n_qubits)
+        return [(i, (i + r) % n_qubits) for i in range(n_qubits)]
+    return [(i, i + 1) for i in range(n_qubits - 1)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PennyLane definitions (what a reader sees and draws) and the reference backend
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _apply_circuit(ansatz: str, inputs, weights, depolarizing: float = 0.0) -> None:
+    """Apply encoding and ansatz to wires ``0..n-1``; a depolarizing channel after every layer if ``p > 0``."""
+    n = qml.math.shape(inputs)[-1]
+    n_layers = qml.math.shape(weights)[0]
+    for i in range(n):
+        qml.RY(inputs[..., i], wires=i)
+    if ansatz == "strong" and depolarizing == 0.0:
+        qml.StronglyEntanglingLayers(weights, wires=range(n))
+        return
+    for layer in range(n_layers):
+        if ansatz == "strong":
+            ranges = (_strong_range(layer, n),) if n > 1 else None
+            qml.StronglyEntanglingLayers(weights[layer : layer + 1], wires=range(n), ranges=ranges)
+        else:
+            for i in range(n):
+                if ansatz == "paper":
+                    qml.RZ(weights[layer, i], wires=i)
+                else:
+                    qml.RZ(weights[layer, i, 0], wires=i)
+                    qml.RY(weights[layer, i, 1], wires=i)
+            for control, target in entangler_pairs(ansatz, layer, n):
+                qml.CNOT(wires=[control, target])
+        if depolarizing > 0.0:
+            for i in range(n):
+                qml.DepolarizingChannel(depolarizing, wires=i)
+
+
+def circuit(ansatz: str) -> Callable:
+    """The PennyLane function ``f(inputs, weights)`` applying encoding and ansatz (no measurement).
+
+    ``inputs`` has shape ``(n,)`` or ``(B, n)`` (broadcast), ``weights`` the shape of :func:`weight_shape`.
+    Wrap it in a QNode to draw or run it, or use :func:`make_qnode`.
+    """
+    _check_choice("ansatz", ansatz, ANSATZE)
+
+    def ansatz_circuit(inputs, weights) -> None:
+        _apply_circuit(ansatz, inputs, weights)
+
+    ansatz_circuit.__name__ = f"{ansatz}_circuit"
+    ansatz_circuit.__doc__ = f"Angle encoding RY(x_i), then the {ansatz!r} ansatz."
+    return ansatz_circuit
+
+
+def make_qnode(
+    ansatz: str,
+    n_qubits: int,
+    *,
+    device: str | None = None,
+    diff_method: str | None = None,
+    shots: int | None = None,
+    depolarizing: float = 0.0,
+    seed: int | None = None,
+) -> qml.QNode:
+    """A torch-interface QNode ``(inputs, weights) -> tuple of n tensors <Z_i>``, each ``(B,)`` when broadcast.
+
+    Defaults: ``default.qubit`` with backprop; ``default.mixed`` when ``depolarizing > 0``;
+    parameter-shift when ``shots`` is set (``seed`` seeds the device's sampler).
+    """
+    _check_choice("ansatz", ansatz, ANSATZE)
+    if device is None:
+        device = "default.mixed" if depolarizing > 0.0 else "default.qubit"
+    if diff_method is None:
+        diff_method = "parameter-shift" if shots is not None else "backprop"
+    dev = qml.device(device, wires=n_qubits, seed=seed) if seed is not None else qml.device(device, wires=n_qubits)
+
+    def expectations(inputs, weights):
+        _apply_circuit(ansatz, inputs, weights, depolarizing)
+        return tuple(qml.expval(qml.PauliZ(i)) for i in range(n_qubits))
+
+    qnode = qml.QNode(expectations, dev, interface="torch", diff_method=diff_method)
+    if shots is not None:
+        qnode = qml.set_shots(qnode, shots=shots)
+    return qnode
+
+
+def expectations_pennylane(
+    ansatz: str,
+    inputs: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    depolarizing: float = 0.0,
+    qnode: qml.QNode | None = None,
+) -> torch.Tensor:
+    """Reference ``<Z_i>`` of shape ``(B, n)`` for inputs ``(B, n)``, via a broadcast QNode."""
+    _check_inputs(inputs, weights, ansatz)
+    if qnode is None:
+        qnode = make_qnode(ansatz, inputs.shape[-1], depolarizing=depolarizing)
+    out = qnode(inputs, weights)
+    return torch.stack([o.reshape(-1) for o in out], dim=-1).to(inputs.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The torch simulator
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype == torch.float32:
+        return torch.complex64
+    if dtype == torch.float64:
+        return torch.complex128
+    raise ValueError(f"unsupported dtype {dtype}; allowed: torch.float32, torch.float64")
+
+
+def state_bytes(batch: int, n_qubits: int, dtype: torch.dtype = torch.float32, density: bool = False) -> int:
+    """Bytes of one batch's statevector ``(B, 2**n)`` (or density matrix ``(B, 4**n)``), complex of ``dtype``."""
+    itemsize = torch.empty((), dtype=_complex_dtype(dtype)).element_size()
+    return batch * (4**n_qubits if density else 2**n_qubits) * itemsize
+
+
+def _split_groups(n: int, group_size: int) -> tuple[int, ...]:
+    """Split ``n`` qubits into ``ceil(n / group_size)`` contiguous groups of balanced sizes."""
+    n_groups = -(-n // group_size)
+    base, extra = divmod(n, n_groups)
+    return tuple(base + (1 if g < extra else 0) for g in range(n_groups))
+
+
+def _cnot_permutation(pairs: Sequence[tuple[int, int]], n: int) -> torch.Tensor:
+    """Index ``idx`` with ``state_after[j] = state_before[idx[j]]`` for the CNOTs ``pairs`` applied in order."""
+    idx = torch.arange(2**n, dtype=torch.int64)
+    for control, target in reversed(pairs):  # state_k[j] = state_{k-1}[f_k(j)]: compose f_1(f_2(...f_K(j)))
+        cbit = (idx >> (n - 1 - control)) & 1
+        idx = idx ^ (cbit << (n - 1 - target))
+    return idx
+
+
+def _z_signs(n: int) -> torch.Tensor:
+    """``(2**n, n)`` matrix with entry ``(j, i)`` the eigenvalue of ``Z_i`` on basis state ``j``."""
+    j = torch.arange(2**n, dtype=torch.int64)[:, None]
+    bits = (j >> (n - 1 - torch.arange(n))) & 1
+    return (1 - 2 * bits).to(torch.float64)
+
+
+class _Plan:
+    """Index tensors of one circuit layout, precomputed once (see :func:`_plan`)."""
+
+    def __init__(self, ansatz: str, n: int, n_layers: int, device: torch.device, dtype: torch.dtype) -> None:
+        perms = [_cnot_permutation(entangler_pairs(ansatz, layer, n), n) for layer in range(n_layers)]
+        self.perms = [p.to(device) for p in perms]
+        self.inv_perms = [torch.argsort(p).to(device) for p in perms]
+        signs = _z_signs(n)
+        self.measure = signs.to(device=device, dtype=dtype)  # (2**n, n), Z signs of basis states
+        # <Z_i> after the last entangler: sum_m p[m] z_i(inv[m]), so the last permutation costs nothing.
+        self.measure_folded = signs[torch.argsort(perms[-1])].to(device=device, dtype=dtype)
+
+    @functools.cached_property
+    def density(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """For a density matrix as a 2n-qubit vector (row bits, then column bits): each entangler as one
+        permutation of both indices, its inverse, and the positions of the diagonal. Built on first use."""
+        dim = self.measure.shape[0]
+        perms = [(p[:, None] * dim + p[None, :]).reshape(-1) for p in self.perms]
+        inv_perms = [torch.argsort(p) for p in perms]
+        diag_index = torch.arange(dim, device=self.measure.device) * (dim + 1)
+        return perms, inv_perms, diag_index
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(ansatz: str, n: int, n_layers: int, device: torch.device, dtype: torch.dtype) -> _Plan:
+    return _Plan(ansatz, n, n_layers, device, dtype)
+
+
+class _Permute(torch.autograd.Function):
+    """``x[:, idx]`` for a permutation ``idx``, whose backward is a gather with the inverse (no scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, idx: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inv)
+        return x.index_select(1, idx)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(1, inv), None, None
+
+
+def _rz(theta: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
+    """``RZ(theta) = diag(e^{-i theta/2}, e^{i theta/2})``, shape ``(..., 2, 2)``."""
+    c, s = torch.cos(theta / 2), torch.sin(theta / 2)
+    zero = torch.zeros_like(c)
+    m = torch.stack([torch.complex(c, -s), torch.complex(zero, zero), torch.complex(zero, zero), torch.complex(c, s)], -1)
+    return m.reshape(*theta.shape, 2, 2).to(cdtype)
+
+
+def _ry(theta: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
+    """``RY(theta) = [[cos, -sin], [sin, cos]](theta/2)``, shape ``(..., 2, 2)``."""
+    c, s = torch.cos(theta / 2), torch.sin(theta / 2)
+    m = torch.stack([c, -s, s, c], -1).reshape(*theta.shape, 2, 2)
+    return torch.complex(m, torch.zeros_like(m)).to(cdtype)
+
+
+def _rotations(ansatz: str, weights: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
+    """Each layer's single-qubit rotation on each wire, ``(L, n, 2, 2)`` complex."""
+    if ansatz == "paper":
+        return _rz(weights, cdtype)
+    if ansatz == "rzry":
+        return _ry(weights[..., 1], cdtype) @ _rz(weights[..., 0], cdtype)
+    phi, theta, omega = weights.unbind(-1)  # Rot(phi, theta, omega) = RZ(omega) RY(theta) RZ(phi)
+    return _rz(omega, cdtype) @ _ry(theta, cdtype) @ _rz(phi, cdtype)
+
+
+def _kron(mats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Kronecker product ``mats[0] (x) mats[1] (x) ...`` of square matrices (first factor most significant)."""
+    out = mats[0]
+    for m in mats[1:]:
+        d1, d2 = out.shape[0], m.shape[0]
+        out = (out[:, None, :, None] * m[None, :, None, :]).reshape(d1 * d2, d1 * d2)
+    return out
+
+
+def _product_state(amps: torch.Tensor) -> torch.Tensor:
+    """``(B, n, 2)`` single-qubit amplitudes -> ``(B, 2**n)`` product state (wire 0 most significant)."""
+    n = amps.shape[1]
+    if n == 1:
+        return amps[:, 0]
+    half = n // 2
+    left, right = _product_state(amps[:, :half]), _product_state(amps[:, half:])
+    return (left[:, :, None] * right[:, None, :]).reshape(amps.shape[0], -1)
+
+
+def _apply_rotations(state: torch.Tensor, mats: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
+    """Apply ``mats[0] (x) ... (x) mats[m-1]`` (``(m, 2, 2)``) to ``state`` ``(B, 2**m)``.
+
+    Each group of qubits gets one fused matrix ``F`` and one matmul that also rotates the qubit order:
+    ``(B, D, R) -> (B, R, D)`` with the group leading; after all groups the order is the original one.
+    """
+    batch = state.shape[0]
+    start = 0
+    for size in groups:
+        fused = _kron(list(mats[start : start + size]))
+        start += size
+        state = torch.matmul(state.view(batch, 2**size, -1).transpose(1, 2), fused.transpose(0, 1))
+        state = state.reshape(batch, -1)
+    return state
+
+
+def _depolarize(rho: torch.Tensor, n: int, p: float) -> torch.Tensor:
+    """Depolarizing channel of strength ``p`` on every wire of ``rho`` given as ``(B, 4**n)`` (row, column bits).
+
+    Per wire, ``rho -> (1-p) rho + p/3 (X rho X + Y rho Y + Z rho Z) = (1 - 4p/3) rho + (2p/3) Tr_w(rho) (x) I``.
+    """
+    batch = rho.shape[0]
+    eye = torch.eye(2, dtype=rho.dtype, device=rho.device)
+    for w in range(n):
+        a, c = 2**w, 2 ** (n - 1 - w)
+        x = rho.view(batch, a, 2, c, a, 2, c)
+        trace = x[:, :, 0, :, :, 0, :] + x[:, :, 1, :, :, 1, :]  # (B, a, c, a, c)
+        mixed = trace[:, :, None, :, :, None, :] * eye[None, None, :, None, None, :, None]
+        rho = ((1 - 4 * p / 3) * x + (2 * p / 3) * mixed).reshape(batch, -1)
+    return rho
+
+
+def _check_inputs(inputs: torch.Tensor, weights: torch.Tensor, ansatz: str) -> None:
+    _check_choice("ansatz", ansatz, ANSATZE)
+    if inputs.dim() != 2:
+        raise ValueError(f"inputs: expected (B, n_qubits), got {tuple(inputs.shape)}")
+    n = inputs.shape[1]
+    n_layers = weights.shape[0] if weights.dim() > 0 else 0
+    expected = weight_shape(ansatz, max(n_layers, 1), n)
+    if tuple(weights.shape) != expected:
+        raise ValueError(f"weights of {ansatz!r}: expected {expected} = (n_layers, ...) for n_qubits={n}, "
+                         f"got {tuple(weights.shape)}")
+
+
+def _check_memory(batch: int, n: int, dtype: torch.dtype, density: bool, limit: int | None) -> None:
+    need = state_bytes(batch, n, dtype, density)
+    if limit is not None and need > limit:
+        kind = "density matrix" if density else "statevector"
+        raise MemoryError(
+            f"the {kind} of this batch needs {need / 2**20:.1f} MiB (B={batch}, n_qubits={n}, {dtype}), "
+            f"above memory_limit_bytes={limit} ({limit / 2**20:.1f} MiB); "
+            f"reduce the batch or raise memory_limit_bytes"
+        )
+
+
+def _rotation_angles(
+    ansatz: str, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Each layer's rotation as ``RZ(post) RY(mid) RZ(pre)`` per wire: ``(pre, mid, post)``, each ``(L, n)`` or None."""
+    if ansatz == "paper":
+        return weights, None, None
+    if ansatz == "rzry":
+        return weights[..., 0], weights[..., 1], None
+    return weights[..., 0], weights[..., 1], weights[..., 2]
+
+
+def _phase_vector(angles: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
+    """Diagonal of ``RZ(a_0) (x) ... (x) RZ(a_{n-1})`` for angles ``(n,)``: ``(2**n,)`` complex."""
+    c, s = torch.cos(angles / 2), torch.sin(angles / 2)
+    diag = torch.stack([torch.complex(c, -s), torch.complex(c, s)], dim=-1).to(cdtype)  # (n, 2)
+    return _product_state(diag[None])[0]
+
+
+class _RotatingMatmul(torch.autograd.Function):
+    """``x`` ``(B, D * R)`` -> ``(B, R * D)``: ``F`` ``(D, D)`` applied to the ``D`` leading index bits, which
+    then move to the end (a cyclic rotation of the bit order). One batched GEMM each way, no copies."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        batch, dim = x.shape[0], fused.shape[0]
+        x3 = x.view(batch, dim, -1)
+        ctx.save_for_backward(x3, fused)
+        return torch.bmm(x3.transpose(1, 2), fused.t().expand(batch, dim, dim)).view(batch, -1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x3, fused = ctx.saved_tensors
+        batch, dim = x3.shape[0], fused.shape[0]
+        g3 = grad.view(batch, -1, dim)  # (B, R, D)
+        grad_x = torch.bmm(fused.t().expand(batch, dim, dim), g3.transpose(1, 2)).view(batch, -1)
+        grad_f = torch.bmm(x3, g3).sum(0).t() if ctx.needs_input_grad[1] else None
+        return grad_x, grad_f
+
+
+def _apply_real_rotations(state: torch.Tensor, mats: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
+    """Apply real ``mats[0] (x) ... (x) mats[n-1]`` (``(n, 2, 2)``) to a complex state ``(B, 2**n)``.
+
+    Real arithmetic on ``view_as_real`` ``(B, 2**n * 2)``: each group of qubits gets one fused real matrix
+    applied by :class:`_RotatingMatmul`; the last group also carries the (re, im) bit (``F (x) I_2``), so after
+    all groups the bit order, and the complex layout, are the original ones.
+    """
+    batch = state.shape[0]
+    x = torch.view_as_real(state).reshape(batch, -1)
+    start = 0
+    for j, size in enumerate(groups):
+        fused = _kron(list(mats[start : start + size]))
+        start += size
+        if j == len(groups) - 1:
+            fused = _kron([fused, torch.eye(2, dtype=fused.dtype, device=fused.device)])
+        x = _RotatingMatmul.apply(x, fused)
+    return torch.view_as_complex(x.view(batch, -1, 2))
+
+
+def _probabilities_pure(ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Z-basis probabilities before the last entangler, ``(B, 2**n)`` (use with ``_Plan.measure_folded``).
+
+    Layer 0's rotations act on the encoded product state. In later layers each RZ column is a phase vector
+    (diagonal), carried through the entangler's permutation and multiplied into the state only before a
+    real RY column (or the measurement); RY columns are applied with real arithmetic.
+    """
+    batch, n = inputs.shape
+    n_layers = weights.shape[0]
+    cdtype = _complex_dtype(inputs.dtype)
+    plan = _plan(ansatz, n, n_layers, inputs.device, inputs.dtype)
+    half = inputs / 2
+    encoded = torch.stack([torch.cos(half), torch.sin(half)], dim=-1).to(cdtype)  # RY(x)|0>, real, (B, n, 2)
+    amps = torch.einsum("nij,bnj->bni", _rotations(ansatz, weights[:1], cdtype)[0], encoded)
+    state = _product_state(amps)
+    pre, mid, post = _rotation_angles(ansatz, weights)
+    groups = _split_groups(n, group_size)
+    pending: torch.Tensor | None = None  # diagonal not yet multiplied into the state, (2**n,)
+    for layer in range(1, n_layers):
+        idx = plan.perms[layer - 1]
+        state = _Permute.apply(state, idx, plan.inv_perms[layer - 1])
+        phase = _phase_vector(pre[layer], cdtype)
+        pending = phase if pending is None else pending[idx] * phase  # D P = P D[idx]
+        if mid is not None:
+            state = state * pending
+            pending = None
+            state = _apply_real_rotations(state, _ry(mid[layer], cdtype).real, groups)
+        if post is not None:
+            pending = _phase_vector(post[layer], cdtype)
+    if pending is not None:
+        state = state * pending
+    return state.real.square() + state.imag.square()
+
+
+def _probabilities_mixed(
+    ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, depolarizing: float, group_size: int
+) -> torch.Tensor:
+    """Z-basis probabilities of the noisy circuit, ``(B, 2**n)`` (use with ``_Plan.measure``)."""
+    batch, n = inputs.shape
+    cdtype = _complex_dtype(inputs.dtype)
+    perms, inv_perms, diag_index = _plan(ansatz, n, weights.shape[0], inputs.device, inputs.dtype).density
+    rot = _rotations(ansatz, weights, cdtype)
+    half = inputs / 2
+    encoded = torch.stack([torch.cos(half), torch.sin(half)], dim=-1).to(cdtype)
+    amps = torch.einsum("nij,bnj->bni", rot[0], encoded)
+    # vec(rho) = psi (x) conj(psi): a product state of 2n "qubits" (row bits, then column bits)
+    rho = _product_state(torch.cat([amps, amps.conj()], dim=1))
+    groups = _split_groups(2 * n, group_size)
+    for layer in range(weights.shape[0]):
+        if layer > 0:
+            rho = _apply_rotations(rho, torch.cat([rot[layer], rot[layer].conj()], dim=0), groups)
+        rho = _Permute.apply(rho, perms[layer], inv_perms[layer])
+        rho = _depolarize(rho, n, depolarizing)
+    return rho.index_select(1, diag_index).real
+
+
+def expectations_torch(
+    ansatz: str,
+    inputs: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    depolarizing: float = 0.0,
+    shots: int | None = None,
+    generator: torch.Generator | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
+) -> torch.Tensor:
+    """``<Z_i>`` of the circuit, ``(B, n)``, for input angles ``(B, n)`` and weights :func:`weight_shape`.
+
+    Computed in ``inputs.dtype`` (float32 or float64, complex64 or complex128 amplitudes); differentiable
+    in ``inputs`` and ``weights``. With ``shots``, the forward value is the mean of ``shots`` samples of the
+    Z-basis measurement drawn with ``generator`` (all wires from the same samples, as on hardware), and the
+    gradient is that of the exact expectation (a straight-through estimator, i.e. the infinite-shot gradient).
+    Raises ``MemoryError`` before allocating when the state exceeds ``memory_limit_bytes``.
+    """
+    _check_inputs(inputs, weights, ansatz)
+    if not 0.0 <= depolarizing <= 1.0:
+        raise ValueError(f"depolarizing must lie in [0, 1], got {depolarizing}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    batch, n = inputs.shape
+    density = depolarizing > 0.0
+    _check_memory(batch, n, inputs.dtype, density, memory_limit_bytes)
+    weights = weights.to(inputs.dtype)
+    plan = _plan(ansatz, n, weights.shape[0], inputs.device, inputs.dtype)
+    if density:
+        probs = _probabilities_mixed(ansatz, inputs, weights, depolarizing, group_size)
+        measure = plan.measure
+    else:
+        probs = _probabilities_pure(ansatz, inputs, weights, group_size)
+        measure = plan.measure_folded
+    exact = probs @ measure
+    if shots is None:
+        return exact
+    if generator is None:
+        raise ValueError("shots need a torch.Generator for the sampled expectation values")
+    with torch.no_grad():
+        p = probs.detach().clamp_min(0).to(generator.device)
+        samples = torch.multinomial(p, shots, replacement=True, generator=generator)  # (B, shots)
+        counts = torch.zeros_like(p).scatter_add_(1, samples, torch.ones_like(samples, dtype=p.dtype))
+        sampled = (counts.to(probs.device) @ measure) / shots
+    return exact + (sampled - exact).detach()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The paper's ansatz in closed form
+# --------------------------------------------------------------------------------------------------------------
+
+
+def paper_parity_matrix(n_qubits: int, n_layers: int) -> torch.Tensor:
+    """``S = T^L mod 2``, ``(n, n)`` bool, with ``T`` the lower-triangular ones: one CNOT chain maps basis bits
+    ``b -> T b`` over GF(2) (``b'_i = b_0 xor ... xor b_i``)."""
+    _check_sizes(n_layers, n_qubits)
+    t = torch.tril(torch.ones(n_qubits, n_qubits, dtype=torch.int64))
+    s = torch.eye(n_qubits, dtype=torch.int64)
+    for _ in range(n_layers):
+        s = (t @ s) % 2
+    return s.bool()
+
+
+def paper_closed_form(inputs: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Outputs of the "paper" circuit for inputs ``(B, n)``, for any weights: ``<Z_i> = prod_{j in S_i} cos(x_j)``.
+
+    RZ layers only add phases and the CNOT chains permute basis states, so the Z-basis distribution is that of
+    the encoded product state (bits independent, ``P(b_j = 1) = sin^2(x_j / 2)``) pushed through ``b -> S b``
+    with ``S`` from :func:`paper_parity_matrix`; ``E[(-1)^{b_j}] = cos(x_j)``.
+    """
+    if inputs.dim() != 2:
+        raise ValueError(f"inputs: expected (B, n_qubits), got {tuple(inputs.shape)}")
+    s = paper_parity_matrix(inputs.shape[1], n_layers).to(inputs.device)
+    factors = torch.where(s[None, :, :], torch.cos(inputs)[:, None, :], torch.ones((), dtype=inputs.dtype))
+    return factors.prod(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The layer
+# --------------------------------------------------------------------------------------------------------------
+
+
+class QuantumLayer(nn.Module):
+    """Variational circuit as a layer: input angles ``(B, n_qubits)`` -> ``<Z_i>`` ``(B, n_qubits)`` in [-1, 1].
+
+    Args:
+        n_qubits, n_layers: circuit size.
+        ansatz: one of ``ANSATZE`` (see the module docstring).
+        backend: ``"torch"`` (fast simulator) or ``"pennylane"`` (QNode reference; ``default.qubit`` backprop,
+            ``default.mixed`` with noise, parameter-shift with shots).
+        shots: ``None`` for exact expectation values, else the number of measurement samples per input row.
+        depolarizing: strength ``p`` of the depolarizing channel on every wire after every layer.
+        memory_limit_bytes: the torch backend raises ``MemoryError`` before allocating a larger state.
+        dtype: float32 (fast) or float64.
+        weight_init: ``"uniform"`` in ``[0, 2 pi)`` or ``"zeros"``.
+        generator: ``torch.Generator`` or integer seed for the initial weights and, continuing the same stream,
+            the shot samples (the pennylane backend seeds its device from it).
+        group_size: qubits fused per Kronecker-product gate in the torch backend.
+
+    Gradients reach both ``.weights`` and the inputs (nothing is detached).
+    """
+
+    def __init__(
+        self,
+        n_qubits: int,
+        n_layers: int,
+        ansatz: str = "rzry",
+        backend: str = "torch",
+        shots: int | None = None,
+        depolarizing: float = 0.0,
+        memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
+        dtype: torch.dtype = torch.float32,
+        weight_init: str = "uniform",
+        generator: torch.Generator | int = 0,
+        group_size: int = DEFAULT_GROUP_SIZE,
+    ) -> None:
+        super().__init__()
+        _check_choice("ansatz", ansatz, ANSATZE)
+        _check_choice("backend", backend, BACKENDS)
+        _check_choice("weight_init", weight_init, WEIGHT_INITS)
+        _complex_dtype(dtype)
+        _check_sizes(n_layers, n_qubits)
+        if shots is not None and shots < 1:
+            raise ValueError(f"shots must be None or a positive integer, got {shots}")
+        if not 0.0 <= depolarizing <= 1.0:
+            raise ValueError(f"depolarizing must lie in [0, 1], got {depolarizing}")
+        self.n_qubits, self.n_layers, self.ansatz, self.backend = n_qubits, n_layers, ansatz, backend
+        self.shots, self.depolarizing, self.memory_limit_bytes = shots, depolarizing, memory_limit_bytes
+        self.dtype, self.group_size = dtype, group_size
+        if isinstance(generator, int):
+            generator = torch.Generator().manual_seed(generator)
+        self.generator = generator
+        shape = weight_shape(ansatz, n_layers, n_qubits)
+        if weight_init == "uniform":
+            init = torch.rand(shape, generator=generator, dtype=torch.float64) * (2 * math.pi)
+        else:
+            init = torch.zeros(shape, dtype=torch.float64)
+        self.weights = nn.Parameter(init.to(dtype))
+        self._qnode = None
+        if backend == "pennylane":
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if shots is not None else None
+            self._qnode = make_qnode(ansatz, n_qubits, shots=shots, depolarizing=depolarizing, seed=seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, n_qubits)`` angles -> ``(B, n_qubits)`` expectation values, in the layer's dtype."""
+        if x.dim() != 2 or x.shape[1] != self.n_qubits:
+            raise ValueError(f"expected (B, n_qubits) = (B, {self.n_qubits}), got {tuple(x.shape)}")
+        x = x.to(self.dtype)
+        if self.backend == "pennylane":
+            return expectations_pennylane(self.ansatz, x, self.weights, qnode=self._qnode)
+        return expectations_torch(
+            self.ansatz, x, self.weights, depolarizing=self.depolarizing, shots=self.shots,
+            generator=self.generator, group_size=self.group_size, memory_limit_bytes=self.memory_limit_bytes,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, ansatz={self.ansatz!r}, "
+                f"backend={self.backend!r}, shots={self.shots}, depolarizing={self.depolarizing}, dtype={self.dtype}")

@@ -1,0 +1,248 @@
+"""Tests of qdiff_lib.quantum: the torch simulator against PennyLane (default.qubit, default.mixed, shots)
+and against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pennylane as qml
+import pytest
+import torch
+
+from qdiff_lib.quantum import (
+    ANSATZE,
+    QuantumLayer,
+    entangler_pairs,
+    expectations_pennylane,
+    expectations_torch,
+    make_qnode,
+    paper_closed_form,
+    paper_parity_matrix,
+    state_bytes,
+    weight_shape,
+)
+
+F64 = torch.float64
+
+
+def _random_case(ansatz: str, n_qubits: int, n_layers: int, batch: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch, n_qubits, generator=g, dtype=F64) * 2 - 1) * math.pi
+    w = torch.rand(weight_shape(ansatz, n_layers, n_qubits), generator=g, dtype=F64) * 2 * math.pi
+    r = torch.randn(batch, n_qubits, generator=g, dtype=F64)  # random cotangent for the backward pass
+    return x, w, r
+
+
+def _value_and_grads(fn, x, w, r):
+    x = x.clone().requires_grad_(True)
+    w = w.clone().requires_grad_(True)
+    out = fn(x, w)
+    (out * r).sum().backward()
+    return out.detach(), x.grad, w.grad
+
+
+# ---------------------------------------------------------------------------------------------------- shapes, errors
+
+
+def test_weight_shapes():
+    assert weight_shape("paper", 3, 16) == (3, 16)
+    assert weight_shape("rzry", 3, 16) == (3, 16, 2)
+    assert weight_shape("strong", 3, 16) == tuple(qml.StronglyEntanglingLayers.shape(3, 16)) == (3, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [({"ansatz": "rzz"}, "rzz"), ({"backend": "qiskit"}, "qiskit"), ({"weight_init": "normal"}, "normal")],
+)
+def test_unknown_choice_raises_listing_allowed(kwargs, bad):
+    with pytest.raises(ValueError, match=bad) as info:
+        QuantumLayer(3, 1, **kwargs)
+    assert "allowed" in str(info.value)
+
+
+def test_shape_error_message():
+    layer = QuantumLayer(4, 2)
+    with pytest.raises(ValueError, match=r"expected \(B, n_qubits\) = \(B, 4\), got \(2, 3\)"):
+        layer(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"expected \(B, n_qubits\)"):
+        expectations_torch("rzry", torch.zeros(4), torch.zeros(2, 4, 2))
+
+
+def test_memory_limit_raises_before_allocating():
+    layer = QuantumLayer(26, 1, ansatz="paper", memory_limit_bytes=2**30)
+    need = state_bytes(64, 26, torch.float32)
+    assert need == 64 * 2**26 * 8
+    with pytest.raises(MemoryError, match=rf"statevector of this batch needs {need / 2**20:.1f} MiB"):
+        layer(torch.zeros(64, 26))  # would be 32 GiB: fails at once, without trying to allocate it
+    noisy = QuantumLayer(10, 1, depolarizing=0.01, memory_limit_bytes=2**20)
+    with pytest.raises(MemoryError, match="density matrix"):
+        noisy(torch.zeros(2, 10))
+
+
+# ---------------------------------------------------------------------------------- agreement with PennyLane
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+@pytest.mark.parametrize("n_qubits", range(1, 13))
+def test_torch_matches_pennylane_values_and_gradients(ansatz, n_qubits):
+    n_layers = 1 + n_qubits % 3
+    x, w, r = _random_case(ansatz, n_qubits, n_layers, batch=3, seed=100 * n_qubits + ANSATZE.index(ansatz))
+    group_size = 1 + n_qubits % 4  # exercise uneven groupings of the fused rotations
+    ours = _value_and_grads(lambda a, b: expectations_torch(ansatz, a, b, group_size=group_size), x, w, r)
+    ref = _value_and_grads(lambda a, b: expectations_pennylane(ansatz, a, b), x, w, r)
+    for got, want in zip(ours, ref):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    if ansatz != "paper":
+        assert ours[2].abs().max() > 1e-3  # the weights do learn
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+def test_float32_matches_float64(ansatz):
+    x, w, r = _random_case(ansatz, 10, 3, batch=4, seed=7)
+    exact = expectations_torch(ansatz, x, w)
+    fast = expectations_torch(ansatz, x.float(), w.float())
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast.double(), exact, atol=1e-5, rtol=0)
+
+
+def test_layer_backends_agree_and_gradients_reach_inputs():
+    torch_layer = QuantumLayer(5, 2, ansatz="strong", dtype=F64, generator=3)
+    pl_layer = QuantumLayer(5, 2, ansatz="strong", backend="pennylane", dtype=F64, generator=3)
+    assert torch.equal(torch_layer.weights, pl_layer.weights)
+    x, _, r = _random_case("strong", 5, 2, batch=4, seed=11)
+    grads = []
+    for layer in (torch_layer, pl_layer):
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi)
+        (out * r).sum().backward()
+        assert xi.grad is not None and xi.grad.abs().max() > 1e-3
+        grads.append((out.detach(), xi.grad, layer.weights.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_weight_init_is_seeded_uniform():
+    a = QuantumLayer(8, 3, ansatz="rzry", generator=5).weights
+    b = QuantumLayer(8, 3, ansatz="rzry", generator=torch.Generator().manual_seed(5)).weights
+    c = QuantumLayer(8, 3, ansatz="rzry", generator=6).weights
+    assert isinstance(a, torch.nn.Parameter) and a.shape == (3, 8, 2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() < 2 * math.pi
+    assert QuantumLayer(8, 3, weight_init="zeros").weights.abs().sum() == 0
+
+
+# ------------------------------------------------------------------------------------ the paper's ansatz
+
+
+def test_paper_parity_matrix_one_chain_is_prefix_xor():
+    s = paper_parity_matrix(5, 1)
+    assert torch.equal(s, torch.tril(torch.ones(5, 5, dtype=torch.bool)))
+    # two chains: b'_i = xor_{j <= i, (i - j) even} b_j  (binomial(i - j + 1, 1) mod 2)
+    s2 = paper_parity_matrix(5, 2)
+    want = torch.tensor([[(i >= j) and (i - j) % 2 == 0 for j in range(5)] for i in range(5)])
+    assert torch.equal(s2, want)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_paper_closed_form_matches_both_backends(n_layers):
+    x, w, _ = _random_case("paper", 7, n_layers, batch=4, seed=n_layers)
+    closed = paper_closed_form(x, n_layers)
+    torch.testing.assert_close(expectations_torch("paper", x, w), closed, atol=1e-12, rtol=0)
+    torch.testing.assert_close(expectations_pennylane("paper", x, w), closed, atol=1e-12, rtol=0)
+
+
+def test_paper_weights_get_no_gradient_at_16_qubits():
+    """RZ is diagonal, CNOTs permute basis states: Z-basis outputs cannot depend on the weights.
+
+    In float64 the gradient is round-off (PennyLane's default.qubit also returns ~1e-16, not exact zeros);
+    the same check on "rzry" gives gradients of order 0.1."""
+    x, w, r = _random_case("paper", 16, 3, batch=2, seed=16)
+    out, gx, gw = _value_and_grads(lambda a, b: expectations_torch("paper", a, b), x, w, r)
+    assert gw.abs().max() < 1e-12
+    assert gx.abs().max() > 1e-3  # the inputs do matter
+    other = expectations_torch("paper", x, torch.rand(w.shape, generator=torch.Generator().manual_seed(1), dtype=F64))
+    torch.testing.assert_close(out, other, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out, paper_closed_form(x, 3), atol=1e-12, rtol=0)
+    xr, wr, rr = _random_case("rzry", 16, 3, batch=2, seed=16)
+    assert _value_and_grads(lambda a, b: expectations_torch("rzry", a, b), xr, wr, rr)[2].abs().max() > 1e-2
+
+
+def test_paper_weights_get_no_gradient_in_pennylane():
+    x, w, r = _random_case("paper", 6, 3, batch=3, seed=3)
+    gw = _value_and_grads(lambda a, b: expectations_pennylane("paper", a, b), x, w, r)[2]
+    assert gw.abs().max() < 1e-12
+
+
+# --------------------------------------------------------------------------------------- noise and shots
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+@pytest.mark.parametrize("n_qubits", [1, 2, 3, 4])
+def test_depolarizing_matches_default_mixed(ansatz, n_qubits):
+    x, w, r = _random_case(ansatz, n_qubits, 2, batch=3, seed=n_qubits)
+    p = 0.07
+    ours = _value_and_grads(lambda a, b: expectations_torch(ansatz, a, b, depolarizing=p, group_size=2), x, w, r)
+    ref = _value_and_grads(lambda a, b: expectations_pennylane(ansatz, a, b, depolarizing=p), x, w, r)
+    for got, want in zip(ours, ref):
+        # default.mixed evaluates parts of these circuits in single precision (~1e-7); ours is float64
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_depolarizing_single_qubit_closed_form():
+    x = torch.linspace(-3, 3, 7, dtype=F64)[:, None]
+    for n_layers in (1, 3):
+        w = torch.full(weight_shape("paper", n_layers, 1), 0.4, dtype=F64)
+        for p in (0.0, 0.1, 0.75):
+            got = expectations_torch("paper", x, w, depolarizing=p)
+            torch.testing.assert_close(got, (1 - 4 * p / 3) ** n_layers * torch.cos(x), atol=1e-14, rtol=0)
+
+
+def test_shots_are_seeded_unbiased_and_keep_exact_gradients():
+    ansatz, shots = "rzry", 500
+    x, w, r = _random_case(ansatz, 4, 2, batch=6, seed=21)
+    exact = expectations_torch(ansatz, x, w)
+
+    def sampled(seed: int) -> torch.Tensor:
+        return expectations_torch(ansatz, x, w, shots=shots, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(sampled(0), sampled(0)) and not torch.equal(sampled(0), sampled(1))
+    counts = sampled(0) * shots  # (n_plus - n_minus): integers
+    torch.testing.assert_close(counts, counts.round(), atol=1e-9, rtol=0)
+    draws = torch.stack([sampled(s) for s in range(200)])
+    stderr = ((1 - exact**2) / shots / 200).sqrt()
+    assert ((draws.mean(0) - exact).abs() <= 5 * stderr + 1e-12).all()
+    torch.testing.assert_close(draws.var(0), (1 - exact**2) / shots, atol=2e-4, rtol=0.35)
+    # the straight-through gradient is that of the exact expectation
+    g_shots = _value_and_grads(
+        lambda a, b: expectations_torch(ansatz, a, b, shots=shots, generator=torch.Generator().manual_seed(0)), x, w, r
+    )
+    g_exact = _value_and_grads(lambda a, b: expectations_torch(ansatz, a, b), x, w, r)
+    torch.testing.assert_close(g_shots[1], g_exact[1])
+    torch.testing.assert_close(g_shots[2], g_exact[2])
+
+
+def test_shots_agree_with_pennylane_sampler():
+    ansatz, shots = "strong", 4000
+    x, w, _ = _random_case(ansatz, 3, 2, batch=5, seed=4)
+    ours = expectations_torch(ansatz, x, w, shots=shots, generator=torch.Generator().manual_seed(0))
+    theirs = expectations_pennylane(ansatz, x, w, qnode=make_qnode(ansatz, 3, shots=shots, seed=0))
+    exact = expectations_torch(ansatz, x, w)
+    sigma = (2 * (1 - exact**2) / shots).sqrt()  # std of the difference of two independent estimates
+    assert ((ours - theirs).abs() <= 5 * sigma + 1e-12).all()
+    assert not torch.equal(ours, exact)
+
+
+def test_shot_layer_needs_and_uses_its_generator():
+    layer_a = QuantumLayer(3, 1, shots=100, generator=9, dtype=F64)
+    layer_b = QuantumLayer(3, 1, shots=100, generator=9, dtype=F64)
+    x = torch.full((2, 3), 0.3, dtype=F64)
+    assert torch.equal(layer_a(x), layer_b(x))
+    with pytest.raises(ValueError, match="Generator"):
+        expectations_torch("rzry", x, layer_a.weights.detach(), shots=10)
+
+
+def test_entangler_pairs():
+    assert entangler_pairs("paper", 0, 4) == [(0, 1), (1, 2), (2, 3)]
+    assert entangler_pairs("strong", 1, 4) == [(0, 2), (1, 3), (2, 0), (3, 1)]
+    assert entangler_pairs("strong", 0, 1) == []
