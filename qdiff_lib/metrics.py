@@ -204,16 +204,26 @@ def precision_recall(f_gen: torch.Tensor, f_ref: torch.Tensor, k: int = 3) -> di
     nearest real neighbour; precision is the fraction of generated features inside it. Recall swaps the roles.
     Use equal set sizes (the radii shrink as a set grows); :func:`evaluate` does.
 
-    Returns ``{"precision": {"mean", "se"}, "recall": {"mean", "se"}}``; ``se`` is the binomial standard error
-    ``sqrt(p(1-p)/n)`` given the manifold (it ignores the manifold's own sampling noise).
+    One isolated real image has a large radius and can swallow many bad samples, so with a few dozen images
+    precision depends on which real images were drawn. Also returned: density and coverage (Naeem et al. 2020),
+    built on the same real balls and less sensitive to such outliers: density is the number of real balls
+    containing a generated sample, averaged over samples and divided by k (about 1 for matching
+    distributions, unbounded above); coverage is the fraction of real balls that contain at least one sample.
+
+    Returns ``{"precision", "recall", "density", "coverage"}``, each ``{"mean", "se"}``; for the three
+    fractions ``se`` is the binomial ``sqrt(p(1-p)/n)`` given the balls (it ignores their own sampling noise);
+    for density the standard error of the mean over samples.
     """
     f_gen, f_ref = f_gen.double(), f_ref.double()
     if min(len(f_gen), len(f_ref)) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} features per set, got {len(f_gen)} and {len(f_ref)}")
     d = _cdist(f_gen, f_ref)  # (n, m)
     r_ref, r_gen = _knn_radii(f_ref, k), _knn_radii(f_gen, k)
-    precision = (d <= r_ref[None, :]).any(1).double().mean().item()
+    inside_ref = d <= r_ref[None, :]  # (n, m): sample i inside real ball j
+    precision = inside_ref.any(1).double().mean().item()
     recall = (d <= r_gen[:, None]).any(0).double().mean().item()
+    per_sample_density = inside_ref.double().sum(1) / k
+    coverage = inside_ref.any(0).double().mean().item()
 
     def se(p: float, n: int) -> float:
         return math.sqrt(p * (1 - p) / n)
@@ -221,7 +231,30 @@ def precision_recall(f_gen: torch.Tensor, f_ref: torch.Tensor, k: int = 3) -> di
     return {
         "precision": {"mean": precision, "se": se(precision, len(f_gen))},
         "recall": {"mean": recall, "se": se(recall, len(f_ref))},
+        "density": {"mean": per_sample_density.mean().item(), "se": (per_sample_density.std() / math.sqrt(len(f_gen))).item()},
+        "coverage": {"mean": coverage, "se": se(coverage, len(f_ref))},
     }
+
+
+def _precision_recall_draws(f_gen: torch.Tensor, f_ref: torch.Tensor, k: int, n_draws: int, seed: int) -> dict:
+    """:func:`precision_recall` averaged over seeded draws of equal-size subsets of both sets."""
+    n = min(len(f_gen), len(f_ref))
+    n_draws = 1 if len(f_gen) == len(f_ref) else n_draws
+    g = torch.Generator().manual_seed(seed)
+    draws = [
+        precision_recall(f_gen[torch.randperm(len(f_gen), generator=g)[:n]], f_ref[torch.randperm(len(f_ref), generator=g)[:n]], k)
+        for _ in range(n_draws)
+    ]
+    out = {}
+    for key in draws[0]:
+        means = np.array([d[key]["mean"] for d in draws])
+        ses = np.array([d[key]["se"] for d in draws])
+        out[key] = {
+            "mean": float(means.mean()),
+            "se": float(ses.mean()),
+            "draw_std": float(means.std(ddof=1)) if n_draws > 1 else 0.0,
+        }
+    return out
 
 
 def class_consistency(predicted: torch.Tensor, label: int, alpha: float = 0.05) -> dict:
@@ -472,6 +505,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     n_reference: int = 1000,
     classifier: TrainedClassifier | None = None,
+    n_pr_draws: int = 10,
 ) -> dict:
     """All metrics of generated ``samples`` ``(B, C, 28, 28)`` in [-1, 1] meant to be of class ``label``.
 
@@ -486,13 +520,16 @@ def evaluate(
         seed: seeds KID's subset draws and the bootstrap of the memorization interval.
         n_subsets, subset_size: KID's subsets (default size: min(B, reference size), i.e. all of the samples).
         k: neighbourhood size of precision/recall.
+        n_pr_draws: precision/recall use equal set sizes: they are averaged over this many seeded draws of
+            ``min(B, reference size)`` images from each set (one draw suffices when the sizes are equal).
         device: where the classifier runs.
         n_reference: size of the default reference.
         classifier: a :class:`~qdiff_lib.classifier.TrainedClassifier` (default: ``get_classifier(dataset)``).
 
     Returns a JSON-serialisable dict: ``kid`` and ``fid``-style entries are ``{"mean", ...}`` dicts:
     ``kid`` {mean, se, subset_std, ...}; ``fid`` {mean} (biased at small N: see :func:`small_sample_bias`, :func:`fid_spread`);
-    ``precision``/``recall`` {mean, se}, computed with equal set sizes (the reference is subsampled to B);
+    ``precision``/``recall``/``density``/``coverage`` {mean, se, draw_std} (see :func:`precision_recall`;
+    mean over ``n_pr_draws`` equal-size draws, ``draw_std`` their spread, ``se`` the mean binomial SE);
     ``class_consistency`` {mean, ci_low, ci_high, n}; ``memorization`` (pixels) and ``memorization_features``
     {mean, ci_low, ci_high, flag, threshold, copy_fraction}; plus ``n_samples``, ``n_reference``,
     ``n_train``, ``out_of_range_fraction``, ``classifier_test_accuracy``, ``seed``.
@@ -520,17 +557,15 @@ def evaluate(
     f_gen = extract_features(samples, feature)
     f_ref = extract_features(reference, feature)
     f_train = extract_features(train_images, feature)
-    g = torch.Generator().manual_seed(seed)
-    n_pr = min(len(f_gen), len(f_ref))
-    pr = precision_recall(
-        f_gen[torch.randperm(len(f_gen), generator=g)[:n_pr]], f_ref[torch.randperm(len(f_ref), generator=g)[:n_pr]], k
-    )
+    pr = _precision_recall_draws(f_gen, f_ref, k, n_pr_draws, seed)
     predicted = clf.predict(samples.to(device)).cpu()
     return {
         "kid": kid(samples, reference, feature, n_subsets, subset_size, seed),
         "fid": {"mean": fid(samples, reference, feature)},
         "precision": pr["precision"],
         "recall": pr["recall"],
+        "density": pr["density"],
+        "coverage": pr["coverage"],
         "class_consistency": class_consistency(predicted, label),
         "memorization": memorization(samples, reference, train_images, seed=seed),
         "memorization_features": memorization(f_gen, f_ref, f_train, seed=seed),

@@ -234,3 +234,16 @@ def test_small_sample_bias_fid_positive_and_shrinking_kid_centred(random_clf, mn
         assert abs(r["kid_mean"]) < 3 * r["kid_std"] / math.sqrt(6) + 1e-12
     with pytest.raises(ValueError, match="half the pool"):
         metrics.small_sample_bias(ref3, random_clf.feature, sizes=(200,))
+
+
+def test_density_and_coverage_match_hand_computation():
+    g = np.random.default_rng(5)
+    fg, fr = g.normal(size=(40, 3)), g.normal(size=(40, 3)) + 0.5
+    k = 3
+    r_real = NearestNeighbors(n_neighbors=k + 1).fit(fr).kneighbors(fr)[0][:, k]
+    dist = np.linalg.norm(fg[:, None] - fr[None], axis=2)
+    density = (dist <= r_real[None]).sum() / (k * 40)  # Naeem et al. 2020, eq. for density
+    coverage = (dist <= r_real[None]).any(0).mean()
+    ours = metrics.precision_recall(torch.from_numpy(fg), torch.from_numpy(fr), k=k)
+    assert ours["density"]["mean"] == pytest.approx(density)
+    assert ours["coverage"]["mean"] == pytest.approx(coverage)
