@@ -14,8 +14,8 @@ eq. 14) by Adam (lr 3e-4), keeping an exponential moving average of the weights 
 All draws are made on the CPU and moved to the device, so a run draws the same numbers on CPU and CUDA; on the
 CPU the loss history is bit-identical for the same seed.
 
-Checkpoints (``checkpoint_dir/checkpoint.pt``) hold the model, the EMA, the optimiser, the generator state, the
-step and the loss history; they are written atomically (a temporary file, then ``os.replace``) every
+Checkpoints (``checkpoint_dir/checkpoint.pt``) hold the model, the EMA, the optimiser, the generator state (and
+that of any submodule's ``.generator``, e.g. a quantum layer sampling shots), the step and the loss history; they are written atomically (a temporary file, then ``os.replace``) every
 ``checkpoint_every`` steps and at the end. :func:`train` resumes from the checkpoint it finds, and an interrupted
 run resumed gives the same result as an uninterrupted one. A non-finite loss (or non-finite weights before a
 checkpoint) stops the run with :class:`NonFiniteError` naming the step; the last good checkpoint stays on disk.
@@ -223,6 +223,15 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _module_generators(model: nn.Module) -> dict[str, torch.Generator]:
+    """Generators that submodules keep as ``.generator`` (e.g. a QuantumLayer's shot sampler), by module name."""
+    return {
+        name: module.generator
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "generator", None), torch.Generator)
+    }
+
+
 def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
@@ -302,6 +311,8 @@ def train(
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
+            for name, g in _module_generators(model).items():
+                g.set_state(state["module_generators"][name])
             if "noise_source" in state:
                 noise_source.load_state_dict(state["noise_source"])
             loss_history = list(state["loss_history"])
@@ -321,6 +332,7 @@ def train(
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
+            "module_generators": {name: g.get_state() for name, g in _module_generators(model).items()},
             "loss_history": loss_history,
             "resume_key": _resume_key(config),
             "data_fingerprint": fingerprint,

@@ -81,6 +81,19 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT_NAME]  # no temporary files left
 
 
+def test_resume_restores_the_shot_sampler_of_a_quantum_layer(tmp_path):
+    def model():
+        return _model(bottleneck="quantum", n_qubits=2, n_layers=1, quantum_kwargs={"shots": 50})
+
+    cfg = _config(steps=5, checkpoint_every=2)
+    reference = train(model(), _images(), cfg, checkpoint_dir=tmp_path / "ref", progress=False)
+    with pytest.raises(_Interrupt):
+        train(model(), _images(), cfg, checkpoint_dir=tmp_path / "run", progress=False, callback=_stop_at(3))
+    resumed = train(model(), _images(), cfg, checkpoint_dir=tmp_path / "run", progress=False)
+    assert resumed.resumed_from == 2 and resumed.loss_history == reference.loss_history
+    _assert_same_state(resumed.model, reference.model)
+
+
 def test_a_finished_run_resumes_to_itself(tmp_path):
     first = train(_model(), _images(), _config(steps=4), checkpoint_dir=tmp_path, progress=False)
     again = train(_model(), _images(), _config(steps=4), checkpoint_dir=tmp_path, progress=False)
