@@ -1,0 +1,274 @@
+"""Studies: named grids of runs, profiles, resumable execution and compact result files.
+
+A *run* is one :class:`qdiff_lib.cli.RunOptions` (train one model, sample, score). A *study* is a named grid of
+runs (``mnist``, ``medmnist``, ``scaling``, ``noise_schedules``) built for a *profile*:
+
+* ``ci``: small budgets, so that every chapter executes in CI;
+* ``full``: the study behind the verdicts (2000 optimiser steps, 3 seeds, 500 samples per configuration).
+
+:func:`run_study` executes the runs one after the other. Each finished run leaves a small JSON summary
+``results/<profile>/<study>/<key>.json`` (options, metrics, a down-sampled loss curve, timings, versions, commit,
+and the command that produced it); a run whose summary exists is never recomputed, and an interrupted run resumes
+from its training checkpoint under ``runs/`` (outside git). ``python -m qdiff_lib study --profile full`` (``make
+study``) runs every study of the profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qdiff_lib import REPO_ROOT
+
+__all__ = [
+    "ARMS",
+    "PROFILES",
+    "STUDIES",
+    "Profile",
+    "arm_options",
+    "study_runs",
+    "run_key",
+    "run_one",
+    "run_study",
+    "load_results",
+    "results_dir",
+]
+
+#: The arms compared throughout the book: name -> the model options that define it.
+ARMS: dict[str, dict[str, Any]] = {
+    "none": {"bottleneck": "none"},  # the official classical baseline: no bottleneck module (unmatched)
+    "se": {"bottleneck": "se"},  # squeeze-and-excitation gate, classical nonlinearity (matched control)
+    "se_frozen": {"bottleneck": "se_frozen"},  # what the official quantum arm effectively trained
+    "quantum_paper": {"bottleneck": "quantum", "ansatz": "paper"},  # the official circuit (zero gradient)
+    "quantum_rzry": {"bottleneck": "quantum", "ansatz": "rzry"},  # the authors' later fix
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Budgets of a profile. ``n_qubits`` is the circuit width used by every gated arm."""
+
+    name: str
+    steps: int
+    seeds: tuple[int, ...]
+    n_samples: int
+    n_ref: int
+    n_qubits: int
+    sample_steps: int
+    digits: tuple[int, ...]
+    scaling_n: tuple[int, ...]
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile("ci", steps=150, seeds=(0,), n_samples=64, n_ref=200, n_qubits=8, sample_steps=20,
+                  digits=(3,), scaling_n=(10, 100)),
+    # 16 qubits cost ~10x more per step than 8 on a CPU (see the performance chapter); the full profile uses 8
+    # so that a CPU can finish it, and the circuit-design chapter checks the 16-qubit circuit on its own.
+    "full": Profile("full", steps=2000, seeds=(0, 1, 2), n_samples=500, n_ref=1000, n_qubits=8, sample_steps=50,
+                    digits=tuple(range(10)), scaling_n=(10, 25, 50, 100, 250, 1000)),
+}
+
+
+def _check(kind: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; allowed: {allowed}")
+
+
+def profile(name: str) -> Profile:
+    _check("profile", name, PROFILES)
+    return PROFILES[name]
+
+
+def arm_options(arm: str, **overrides: Any):
+    """RunOptions for ``arm`` (a key of :data:`ARMS`) with ``overrides`` (any RunOptions field)."""
+    from qdiff_lib.cli import RunOptions
+
+    _check("arm", arm, ARMS)
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown run option(s) {unknown}; allowed: {sorted(fields)}")
+    return RunOptions(**{**ARMS[arm], **overrides})
+
+
+def _budget(p: Profile) -> dict[str, Any]:
+    return dict(steps=p.steps, n_samples=p.n_samples, n_ref=p.n_ref, n_qubits=p.n_qubits, sample_steps=p.sample_steps,
+                sampler="ddim")
+
+
+def _mnist(p: Profile) -> list:
+    return [arm_options(arm, dataset="mnist", label=d, n_train=64, seed=s, **_budget(p))
+            for d in p.digits for arm in ARMS for s in p.seeds]
+
+
+#: (dataset, label) pairs of the MedMNIST study: PathMNIST as the paper (label 1, "background", the easiest
+#: class) and a harder one (label 8, colorectal adenocarcinoma epithelium), RetinaMNIST, BreastMNIST,
+#: PneumoniaMNIST.
+MEDMNIST_CASES = (("pathmnist", 1), ("pathmnist", 8), ("retinamnist", 0), ("breastmnist", 1), ("pneumoniamnist", 1))
+
+
+def _medmnist(p: Profile) -> list:
+    cases = MEDMNIST_CASES if p.name == "full" else MEDMNIST_CASES[:1]
+    n_ref = min(p.n_ref, 40)  # the smallest held-out pools (PathMNIST subset, RetinaMNIST test) are small
+    arms = ("none", "se", "quantum_rzry")
+    return [arm_options(arm, dataset=ds, label=lab, n_train=64, seed=s, **{**_budget(p), "n_ref": n_ref})
+            for ds, lab in cases for arm in arms for s in p.seeds]
+
+
+def _scaling(p: Profile) -> list:
+    return [arm_options(arm, dataset="mnist", label=3, n_train=n, seed=s, **_budget(p))
+            for n in p.scaling_n for arm in ("none", "se", "quantum_rzry") for s in p.seeds]
+
+
+def _noise_schedules(p: Profile) -> list:
+    combos = [(sched, noise) for sched in ("cosine", "tailored") for noise in ("gaussian", "quantum")]
+    return [arm_options("quantum_rzry", dataset="mnist", label=3, n_train=64, seed=s, schedule=sched, noise=noise,
+                        **_budget(p))
+            for sched, noise in combos for s in p.seeds]
+
+
+#: study name -> function(profile) -> list of RunOptions.
+STUDIES = {"mnist": _mnist, "medmnist": _medmnist, "scaling": _scaling, "noise_schedules": _noise_schedules}
+
+
+def study_runs(study: str, profile_name: str = "ci") -> list:
+    """The RunOptions of ``study`` under ``profile_name``."""
+    _check("study", study, STUDIES)
+    return STUDIES[study](profile(profile_name))
+
+
+def run_key(options) -> str:
+    """A readable, stable name for a run: dataset, label, n, arm, seed, and a hash of every option."""
+    payload = json.dumps(dataclasses.asdict(options), sort_keys=True, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+    arm = options.bottleneck if options.bottleneck != "quantum" else f"quantum_{options.ansatz}"
+    return f"{options.dataset}-l{options.label}-n{options.n_train}-{arm}-s{options.seed}-{digest}"
+
+
+def results_dir(profile_name: str, study: str, root: str | os.PathLike | None = None) -> Path:
+    """``<root>/<profile>/<study>``; root defaults to the repository's ``results/``."""
+    return Path(root if root is not None else REPO_ROOT / "results") / profile_name / study
+
+
+def _downsample(values: list[float], points: int = 100) -> list[list[float]]:
+    """[[step, mean loss over the window ending at step], ...], at most ``points`` windows."""
+    n = len(values)
+    if n == 0:
+        return []
+    width = max(1, -(-n // points))
+    out = []
+    for start in range(0, n, width):
+        window = values[start : start + width]
+        out.append([start + len(window), sum(window) / len(window)])
+    return out
+
+
+def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
+    return {
+        "options": record["config"]["options"],
+        "metrics": record["metrics"],
+        "loss_curve": _downsample(record["loss_history"]),
+        "final_loss": record["loss_history"][-1],
+        "n_parameters": record["n_parameters"],
+        "n_reference": record["n_reference"],
+        "timings": record["timings"],
+        "device": record["device"],
+        "versions": record["versions"],
+        "git_commit": record["git_commit"],
+        "command": command,
+    }
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None,
+            progress: bool = False, command: str = "") -> dict[str, Any]:
+    """Run ``options`` unless ``out_dir/<key>.json`` exists; return the summary (also written there).
+
+    Training state lives in ``runs_root/<key>`` (default ``<repo>/runs``, ignored by git), so an interrupted run
+    resumes from its checkpoint.
+    """
+    from qdiff_lib import cli
+
+    key = run_key(options)
+    summary_path = Path(out_dir) / f"{key}.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    run_dir = Path(runs_root if runs_root is not None else REPO_ROOT / "runs") / key
+    result_path = run_dir / cli.RESULT_NAME
+    if result_path.exists():
+        record = json.loads(result_path.read_text())
+        if record["config"]["options"] != json.loads(json.dumps(dataclasses.asdict(options))):
+            record = cli.run(options, run_dir, force=True, progress=progress)
+    else:
+        record = cli.run(options, run_dir, force=False, progress=progress)
+    summary = _summary(record, command)
+    _atomic_write_json(summary_path, summary)
+    return summary
+
+
+def run_study(study: str, profile_name: str = "ci", root: str | os.PathLike | None = None,
+              runs_root: str | os.PathLike | None = None, progress: bool = True, limit: int | None = None) -> pd.DataFrame:
+    """Run every configuration of ``study`` (skipping finished ones) and return :func:`load_results`.
+
+    ``limit`` stops after that many runs have been computed in this call (None: all).
+    """
+    from tqdm.auto import tqdm
+
+    runs = study_runs(study, profile_name)
+    out = results_dir(profile_name, study, root)
+    command = f"python -m qdiff_lib study --profile {profile_name} --study {study}"
+    computed = 0
+    for options in tqdm(runs, desc=f"{study} ({profile_name})", disable=not progress):
+        if limit is not None and computed >= limit and not (out / f"{run_key(options)}.json").exists():
+            break
+        existed = (out / f"{run_key(options)}.json").exists()
+        run_one(options, out, runs_root=runs_root, progress=False, command=command)
+        computed += not existed
+    return load_results(profile_name, study, root)
+
+
+def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
+    o = summary["options"]
+    row = {
+        "dataset": o["dataset"], "label": o["label"], "n_train": o["n_train"], "seed": o["seed"],
+        "arm": o["bottleneck"] if o["bottleneck"] != "quantum" else f"quantum_{o['ansatz']}",
+        "schedule": o["schedule"], "noise": o["noise"], "steps": o["steps"], "n_qubits": o["n_qubits"],
+        "n_samples": o["n_samples"], "final_loss": summary["final_loss"],
+        "train_s": summary["timings"]["train_s"], "device": summary["device"],
+    }
+    for name, value in summary["metrics"].items():
+        if isinstance(value, dict) and "mean" in value:
+            row[name] = value["mean"]
+            if "se" in value:
+                row[f"{name}_se"] = value["se"]
+        elif isinstance(value, (int, float)):
+            row[name] = value
+    return row
+
+
+def load_results(profile_name: str, study: str, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """One row per finished run of ``study`` under ``profile_name`` (empty DataFrame when none)."""
+    folder = results_dir(profile_name, study, root)
+    rows = [_flatten(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    return pd.DataFrame(rows)
