@@ -204,3 +204,49 @@ def test_bad_betas():
         Diffusion(torch.tensor([0.1, 1.0]))
     with pytest.raises(ValueError, match=r"expected \(T,\)"):
         Diffusion(torch.ones(2, 2) * 0.1)
+
+
+def _linear_model(x, t):
+    """An analytic stand-in for a denoiser: eps_hat = 0.8 x_t + 0.002 t."""
+    return 0.8 * x + 0.002 * t.view(-1, 1, 1, 1).to(x.dtype)
+
+
+def test_ddpm_loop_against_a_numpy_reimplementation_of_the_official_sampler():
+    """The official p_sample loop (PAPER.md), written in float64 numpy, fed the same Gaussian draws."""
+    T, shape = 10, (2, 1, 28, 28)
+    betas = get_beta_schedule("cosine", T).numpy()
+    ours = Diffusion(torch.from_numpy(betas)).sample(_linear_model, shape, sampler="ddpm",
+                                                     generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    alphas, ab = 1 - betas, np.cumprod(1 - betas)
+    x = torch.randn(shape, generator=g).double().numpy()
+    for t in range(T - 1, -1, -1):
+        eps = 0.8 * x + 0.002 * t
+        x0 = np.clip((x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t]), -1, 1)
+        z = torch.randn(shape, generator=g).double().numpy()  # ours draws at t = 0 too, and discards it
+        if t > 0:
+            mean = betas[t] * np.sqrt(ab[t - 1]) / (1 - ab[t]) * x0 + (1 - ab[t - 1]) * np.sqrt(alphas[t]) / (1 - ab[t]) * x
+            x = mean + np.sqrt(betas[t] * (1 - ab[t - 1]) / (1 - ab[t])) * z
+        else:
+            x = x0
+    np.testing.assert_allclose(ours.double().numpy(), x, rtol=0, atol=2e-5)
+
+
+def test_ddim_loop_against_a_numpy_reimplementation_of_song_et_al():
+    """DDIM (Song et al. 2021, eq. 12) on the grid of ddim_timesteps, eta = 0.5, in float64 numpy."""
+    T, steps, eta, shape = 40, 7, 0.5, (2, 1, 28, 28)
+    betas = get_beta_schedule("linear", T).numpy()
+    ours = Diffusion(torch.from_numpy(betas)).sample(_linear_model, shape, sampler="ddim", steps=steps, eta=eta,
+                                                     generator=torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(6)
+    ab = np.cumprod(1 - betas)
+    x = torch.randn(shape, generator=g).double().numpy()
+    grid = np.round(np.linspace(-1, T - 1, steps + 1)).astype(int)[::-1]
+    for t, s in zip(grid[:-1], grid[1:]):
+        a_t, a_s = ab[t], (ab[s] if s >= 0 else 1.0)
+        x0 = np.clip((x - np.sqrt(1 - a_t) * (0.8 * x + 0.002 * t)) / np.sqrt(a_t), -1, 1)
+        eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)  # re-derived from the clamped x0
+        sigma = eta * np.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+        z = torch.randn(shape, generator=g).double().numpy()
+        x = np.sqrt(a_s) * x0 + np.sqrt(1 - a_s - sigma**2) * eps + sigma * z
+    np.testing.assert_allclose(ours.double().numpy(), np.clip(x, -1, 1), rtol=0, atol=2e-5)
