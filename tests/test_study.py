@@ -1,0 +1,262 @@
+"""Tests of qdiff_lib.study (grids, run keys, resume, result files) and the CI re-check of a committed full run.
+
+The re-check (:func:`test_committed_full_run_is_reproduced`) recomputes the cheapest committed full-profile run
+(smallest ``timings.train_s`` under ``results/full/``) from its recorded options and compares its loss curve and
+metrics with the committed file: the numbers the book's verdicts rest on are re-derived in every CI run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qdiff_lib import REPO_ROOT, cli, data, study
+from qdiff_lib.study import ARMS, PROFILES, STUDIES, arm_options, load_results, run_key, run_one, study_runs
+
+#: Expected number of runs per (study, profile): digits x arms x seeds, cases x arms x seeds, N x arms x seeds, ...
+GRID_SIZES = {
+    ("mnist", "ci"): 1 * 5 * 1,
+    ("mnist", "full"): 10 * 5 * 3,
+    ("medmnist", "ci"): 1 * 3 * 1,
+    ("medmnist", "full"): 5 * 3 * 3,
+    ("scaling", "ci"): 2 * 3 * 1,
+    ("scaling", "full"): 6 * 3 * 3,
+    ("noise_schedules", "ci"): 4 * 1,
+    ("noise_schedules", "full"): 4 * 3,
+}
+
+
+def _tiny(**overrides) -> cli.RunOptions:
+    """A run that trains for 2 steps on 8 images and skips the metrics (a fraction of a second)."""
+    base = dict(dataset="mnist", label=3, n_train=8, n_ref=8, steps=2, n_samples=4, sample_steps=2,
+                checkpoint_every=0, metrics=False, n_qubits=4, device="cpu")
+    return arm_options("se", **{**base, **overrides})
+
+
+# --------------------------------------------------------------------------------------------- grids and keys
+
+
+@pytest.mark.parametrize("name, profile", sorted(GRID_SIZES))
+def test_grid_sizes(name, profile):
+    runs = study_runs(name, profile)
+    assert len(runs) == GRID_SIZES[(name, profile)]
+    assert len({run_key(o) for o in runs}) == len(runs), "two runs of a grid share a key"
+
+
+def test_grids_follow_the_profile_budgets():
+    for profile_name, p in PROFILES.items():
+        for name in STUDIES:
+            for o in study_runs(name, profile_name):
+                assert (o.steps, o.n_samples, o.n_qubits, o.sample_steps) == (p.steps, p.n_samples, p.n_qubits,
+                                                                               p.sample_steps)
+                assert o.seed in p.seeds
+    full = PROFILES["full"]
+    assert full.steps == 2000 and len(full.seeds) >= 3 and full.n_samples >= 500  # issue 7, item 5
+    mnist = study_runs("mnist", "full")
+    assert sorted({o.label for o in mnist}) == list(range(10)), "all ten digits, 0 included"
+    arms = {(o.bottleneck, o.ansatz if o.bottleneck == "quantum" else None) for o in mnist}
+    assert arms == {("none", None), ("se", None), ("se_frozen", None), ("quantum", "paper"), ("quantum", "rzry")}
+    assert sorted({o.n_train for o in study_runs("scaling", "full")}) == [10, 25, 50, 100, 250, 1000]
+
+
+@pytest.mark.xfail(strict=True, reason="study.py asks for n_ref=1000 held-out test images of every digit in the "
+                   "full profile; MNIST's test split has fewer for digits 0, 4, 5, 6, 8 (892 for digit 5)")
+def test_full_mnist_grids_ask_for_available_reference_images():
+    available = {d: len(data.load_images("mnist", "test", d)) for d in range(10)}
+    short = sorted({(o.label, o.n_ref, available[o.label]) for name in ("mnist", "scaling", "noise_schedules")
+                    for o in study_runs(name, "full") if o.n_ref > available[o.label]})
+    assert not short, f"(digit, n_ref, available) with too few test images: {short}"
+
+
+def test_run_key_is_stable_and_separates_every_option():
+    o = _tiny()
+    assert run_key(o) == run_key(_tiny()), "same options, same key"
+    assert run_key(o).startswith("mnist-l3-n8-se-s0-")
+    assert run_key(arm_options("quantum_rzry", label=3)).split("-")[3] == "quantum_rzry"
+    # a change of any single option changes the key
+    changed = dict(dataset="pathmnist", label=4, n_train=9, n_ref=9, bottleneck="none", ansatz="paper", n_qubits=6,
+                   n_layers=2, gate="sigmoid", nonlinearity="relu", angle_scaling="pi", schedule="linear",
+                   timesteps=500, noise="quantum", noise_kwargs={"n_qubits": 8},
+                   timestep_distribution="logsnr_gaussian", steps=3, epochs=1.0, batch_size=32, lr=1e-3,
+                   ema_decay=0.99, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3, eta=0.5, seed=1,
+                   device="cuda", metrics=True)
+    assert set(changed) == {f.name for f in dataclasses.fields(cli.RunOptions)}, "a RunOptions field is untested"
+    keys = {run_key(dataclasses.replace(o, **{name: value})) for name, value in changed.items()}
+    assert len(keys) == len(changed) and run_key(o) not in keys
+
+
+def test_run_key_fixed_value():
+    """The key of a default run must not change silently: committed result files are named by it."""
+    key = run_key(arm_options("none", dataset="mnist", label=3, n_train=64, seed=0, steps=2000, n_samples=500,
+                              n_ref=1000, n_qubits=8, sample_steps=50, sampler="ddim"))
+    assert key == "mnist-l3-n64-none-s0-3f57c92559"
+
+
+def test_bad_names_list_the_allowed_values():
+    with pytest.raises(ValueError, match=r"unknown arm 'quantum'.*allowed.*'quantum_rzry'"):
+        arm_options("quantum")
+    with pytest.raises(ValueError, match=r"unknown run option\(s\) \['n_steps'\].*allowed.*'steps'"):
+        arm_options("se", n_steps=10)
+    with pytest.raises(ValueError, match=r"unknown study 'cifar'.*allowed.*'scaling'"):
+        study_runs("cifar", "ci")
+    with pytest.raises(ValueError, match=r"unknown profile 'fast'.*allowed.*'full'"):
+        study_runs("mnist", "fast")
+    assert set(ARMS) == {"none", "se", "se_frozen", "quantum_paper", "quantum_rzry"}
+
+
+def test_arm_options_overrides_but_keeps_the_arm():
+    o = arm_options("quantum_paper", n_qubits=5, seed=7)
+    assert (o.bottleneck, o.ansatz, o.n_qubits, o.seed) == ("quantum", "paper", 5, 7)
+
+
+# ------------------------------------------------------------------------------------------ resume and files
+
+
+def test_run_one_writes_a_summary_and_resumes_without_recomputing(tmp_path, monkeypatch):
+    calls = []
+    real_run = cli.run
+
+    def counting_run(*args, **kwargs):
+        calls.append(args[0])
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "run", counting_run)
+    o = _tiny()
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    first = run_one(o, out, runs_root=runs, command="cmd")
+    path = out / f"{run_key(o)}.json"
+    assert path.exists() and len(calls) == 1
+    assert first == json.loads(path.read_text())
+    assert first["options"] == dataclasses.asdict(o) and first["command"] == "cmd"
+    assert len(first["loss_curve"]) == 2 and first["final_loss"] == first["loss_curve"][-1][1]
+    assert first["n_parameters"]["total"] > 0
+    stamp = path.stat().st_mtime_ns
+
+    again = run_one(o, out, runs_root=runs)
+    assert again == first and len(calls) == 1 and path.stat().st_mtime_ns == stamp, "a finished run was recomputed"
+
+    # the summary is lost but the run folder is intact: the summary is rebuilt from result.json, not retrained
+    path.unlink()
+    rebuilt = run_one(o, out, runs_root=runs, command="cmd")
+    assert len(calls) == 1 and rebuilt["loss_curve"] == first["loss_curve"]
+
+    # a run folder left by different options under the same key is not trusted: it is recomputed
+    record = json.loads((runs / run_key(o) / cli.RESULT_NAME).read_text())
+    record["config"]["options"]["lr"] = 1.0
+    (runs / run_key(o) / cli.RESULT_NAME).write_text(json.dumps(record))
+    path.unlink()
+    recomputed = run_one(o, out, runs_root=runs, command="cmd")
+    assert len(calls) == 2 and recomputed["loss_curve"] == first["loss_curve"]
+
+
+def test_downsample_means_windows():
+    values = [float(i) for i in range(250)]
+    curve = study._downsample(values, points=100)
+    assert len(curve) == 84  # windows of ceil(250/100) = 3 steps
+    assert curve[0] == [3, 1.0] and curve[-2] == [249, 247.0] and curve[-1] == [250, 249.0]  # a short last window
+    assert study._downsample([], 10) == []
+    assert study._downsample([1.0, 2.0], 10) == [[1, 1.0], [2, 2.0]]
+
+
+def test_load_results_flattens_metrics(tmp_path):
+    o = _tiny()
+    summary = {
+        "options": dataclasses.asdict(dataclasses.replace(o, bottleneck="quantum", ansatz="rzry")),
+        "metrics": {"kid": {"mean": 0.1, "se": 0.01, "subset_std": 0.2}, "fid": {"mean": 30.0},
+                    "class_consistency": {"mean": 0.9, "ci_low": 0.8, "ci_high": 0.95, "n": 64},
+                    "n_samples": 64, "seed": 0},
+        "loss_curve": [[1, 0.5]], "final_loss": 0.5, "n_parameters": {"total": 1, "trainable": 1},
+        "n_reference": 8, "timings": {"train_s": 1.5}, "device": "cpu", "versions": {}, "git_commit": None,
+        "command": "",
+    }
+    folder = study.results_dir("ci", "mnist", tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "a.json").write_text(json.dumps(summary))
+    other = {**summary, "options": {**summary["options"], "seed": 1, "bottleneck": "se"},
+             "metrics": {**summary["metrics"], "seed": 1}}  # evaluate() records the run's seed
+    (folder / "b.json").write_text(json.dumps(other))
+    df = load_results("ci", "mnist", tmp_path)
+    assert list(df["arm"]) == ["quantum_rzry", "se"] and list(df["seed"]) == [0, 1]
+    row = df.iloc[0]
+    assert (row["kid"], row["kid_se"], row["fid"], row["class_consistency"]) == (0.1, 0.01, 30.0, 0.9)
+    assert row["n_samples"] == 64 and row["train_s"] == 1.5 and row["final_loss"] == 0.5
+    assert "fid_se" not in df.columns and "subset_std" not in df.columns
+    assert load_results("full", "mnist", tmp_path).empty
+
+
+# ------------------------------------------------------------------------------ CI re-check of committed results
+
+
+def _committed_full_runs() -> list[Path]:
+    return sorted((REPO_ROOT / "results" / "full").glob("*/*.json"))
+
+
+def _numeric_leaves(obj, prefix: str = "") -> dict[str, float]:
+    """{"kid.mean": 0.1, ...}: every number in a nested dict (booleans and None excluded)."""
+    if isinstance(obj, dict):
+        out: dict[str, float] = {}
+        for key, value in obj.items():
+            out.update(_numeric_leaves(value, f"{prefix}{key}."))
+        return out
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return {prefix[:-1]: float(obj)}
+    return {}
+
+
+def test_committed_full_results_are_consistent():
+    """Every committed full-profile file is a run of a full-profile grid, named by its key, with its provenance."""
+    files = _committed_full_runs()
+    if not files:
+        pytest.skip("no full-profile result committed under results/full/ yet (run `make study`)")
+    for path in files:
+        s = json.loads(path.read_text())
+        options = cli.RunOptions(**s["options"])
+        assert path.stem == run_key(options), f"{path.name} is not named by its options' key"
+        grid = {run_key(o) for o in study_runs(path.parent.name, "full")}
+        assert path.stem in grid, f"{path} is not a run of the full {path.parent.name} grid"
+        assert s["command"].startswith("python -m qdiff_lib study --profile full")
+        assert s["git_commit"] and len(s["loss_curve"]) >= 1 and math.isfinite(s["final_loss"])
+
+
+@pytest.mark.slow
+def test_committed_full_run_is_reproduced(tmp_path):
+    """Recompute the cheapest committed full-profile run and compare it with its committed file.
+
+    The run is recomputed on the device it was recorded on (a CPU run on the CPU) with one thread, as committed
+    runs are produced. Losses must agree to rtol 1e-5 and every number of the metrics to rtol 1e-4.
+    """
+    files = _committed_full_runs()
+    if not files:
+        pytest.skip("no full-profile result committed under results/full/ yet: nothing to re-check "
+                    "(the re-check runs for real once `make study` results are committed)")
+    committed = {p: json.loads(p.read_text()) for p in files}
+    path = min(committed, key=lambda p: (committed[p]["timings"]["train_s"], p.name))
+    ref = committed[path]
+    options = cli.RunOptions(**ref["options"])
+    if ref["device"] != "cpu":
+        if not torch.cuda.is_available():
+            pytest.skip(f"the cheapest committed run ({path.name}) ran on {ref['device']}, which is absent here")
+    else:
+        options = dataclasses.replace(options, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = run_one(options, tmp_path / "summary", runs_root=tmp_path / "runs", command=ref["command"])
+    finally:
+        torch.set_num_threads(threads)
+
+    assert got["n_parameters"] == ref["n_parameters"] and got["n_reference"] == ref["n_reference"]
+    np.testing.assert_allclose(got["final_loss"], ref["final_loss"], rtol=1e-5, err_msg=f"final loss of {path.name}")
+    np.testing.assert_allclose(np.asarray(got["loss_curve"]), np.asarray(ref["loss_curve"]), rtol=1e-5,
+                               err_msg=f"loss curve of {path.name}")
+    want, have = _numeric_leaves(ref["metrics"]), _numeric_leaves(got["metrics"])
+    assert set(have) == set(want), f"metrics differ in their entries: {sorted(set(have) ^ set(want))}"
+    for name in sorted(want):
+        np.testing.assert_allclose(have[name], want[name], rtol=1e-4, atol=1e-10,
+                                   err_msg=f"metric {name} of {path.name}")
