@@ -57,6 +57,7 @@ __all__ = [
     "circuit",
     "make_qnode",
     "expectations_torch",
+    "statevector_torch",
     "expectations_pennylane",
     "paper_closed_form",
     "paper_parity_matrix",
@@ -450,8 +451,10 @@ def _apply_real_rotations(state: torch.Tensor, mats: torch.Tensor, groups: Seque
     return torch.view_as_complex(x.view(batch, -1, 2))
 
 
-def _probabilities_pure(ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Z-basis probabilities before the last entangler, ``(B, 2**n)`` (use with ``_Plan.measure_folded``).
+def _state_before_last_entangler(
+    ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """Statevector ``(B, 2**n)`` of the circuit without its last entangler (which the measurement absorbs).
 
     Layer 0's rotations act on the encoded product state. In later layers each RZ column is a phase vector
     (diagonal), carried through the entangler's permutation and multiplied into the state only before a
@@ -481,7 +484,21 @@ def _probabilities_pure(ansatz: str, inputs: torch.Tensor, weights: torch.Tensor
             pending = _phase_vector(post[layer], cdtype)
     if pending is not None:
         state = state * pending
-    return state.real.square() + state.imag.square()
+    return state
+
+
+def statevector_torch(
+    ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, *, group_size: int = DEFAULT_GROUP_SIZE
+) -> torch.Tensor:
+    """The circuit's output state ``(B, 2**n)`` (complex; wire 0 the most significant bit) for inputs ``(B, n)``.
+
+    Same simulator as :func:`expectations_torch` (which never applies the last entangler to the state).
+    """
+    _check_inputs(inputs, weights, ansatz)
+    _check_memory(inputs.shape[0], inputs.shape[1], inputs.dtype, False, DEFAULT_MEMORY_LIMIT_BYTES)
+    plan = _plan(ansatz, inputs.shape[1], weights.shape[0], inputs.device, inputs.dtype)
+    state = _state_before_last_entangler(ansatz, inputs, weights.to(inputs.dtype), group_size)
+    return _Permute.apply(state, plan.perms[-1], plan.inv_perms[-1])
 
 
 def _probabilities_mixed(
@@ -539,7 +556,8 @@ def expectations_torch(
         probs = _probabilities_mixed(ansatz, inputs, weights, depolarizing, group_size)
         measure = plan.measure
     else:
-        probs = _probabilities_pure(ansatz, inputs, weights, group_size)
+        state = _state_before_last_entangler(ansatz, inputs, weights, group_size)
+        probs = state.real.square() + state.imag.square()
         measure = plan.measure_folded
     exact = probs @ measure
     if shots is None:

@@ -12,6 +12,7 @@ import torch
 from qdiff_lib.quantum import (
     ANSATZE,
     QuantumLayer,
+    circuit,
     entangler_pairs,
     expectations_pennylane,
     expectations_torch,
@@ -19,6 +20,7 @@ from qdiff_lib.quantum import (
     paper_closed_form,
     paper_parity_matrix,
     state_bytes,
+    statevector_torch,
     weight_shape,
 )
 
@@ -246,3 +248,16 @@ def test_entangler_pairs():
     assert entangler_pairs("paper", 0, 4) == [(0, 1), (1, 2), (2, 3)]
     assert entangler_pairs("strong", 1, 4) == [(0, 2), (1, 3), (2, 0), (3, 1)]
     assert entangler_pairs("strong", 0, 1) == []
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+def test_statevector_matches_pennylane(ansatz):
+    x, w, _ = _random_case(ansatz, 5, 2, batch=2, seed=8)
+    dev = qml.device("default.qubit", wires=5)
+
+    @qml.qnode(dev, interface="torch")
+    def state(inputs, weights):
+        circuit(ansatz)(inputs, weights)
+        return qml.state()
+
+    torch.testing.assert_close(statevector_torch(ansatz, x, w, group_size=2), state(x, w), atol=1e-12, rtol=0)

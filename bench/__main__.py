@@ -1,0 +1,32 @@
+"""Run every benchmark: ``python -m bench`` (``make bench``), or some of them, with options passed on: ``python -m bench quantum --qubits 8``.
+
+Each entry of ``BENCHMARKS`` names a module of this package with a ``main(argv: list[str]) -> int``;
+to add one, write ``bench/bench_<name>.py`` and list it here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS: dict[str, str] = {
+    "quantum": "bench.bench_quantum",  # the quantum layer against PennyLane (16 qubits, 3 layers, batch 64)
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, options = argv[:split] or list(BENCHMARKS), argv[split:]  # names first, then options for them
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; allowed: {', '.join(BENCHMARKS)}")
+    status = 0
+    for name in names:
+        print(f"== bench {name}", flush=True)
+        status |= importlib.import_module(BENCHMARKS[name]).main(options)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
