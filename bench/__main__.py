@@ -1,7 +1,7 @@
 """Run every benchmark: ``python -m bench`` (``make bench``), or some of them, with options passed on: ``python -m bench quantum --qubits 8``.
 
-Each entry of ``BENCHMARKS`` names a module of this package with a ``main(argv: list[str]) -> int``;
-to add one, write ``bench/bench_<name>.py`` and list it here.
+Each entry of ``BENCHMARKS`` names a module of this package with either ``main(argv: list[str]) -> int``
+(it receives the options) or ``run()`` (no options); to add one, write ``bench/bench_<name>.py`` and list it here.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 
 BENCHMARKS: dict[str, str] = {
     "quantum": "bench.bench_quantum",  # the quantum layer against PennyLane (16 qubits, 3 layers, batch 64)
+    "noise": "bench.bench_noise",  # noise sources against torch.randn
 }
 
 
@@ -24,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for name in names:
         print(f"== bench {name}", flush=True)
-        status |= importlib.import_module(BENCHMARKS[name]).main(options)
+        module = importlib.import_module(BENCHMARKS[name])
+        if hasattr(module, "main"):
+            status |= module.main(options)
+        elif options:
+            raise SystemExit(f"benchmark {name!r} takes no options, got {options}")
+        else:
+            module.run()
     return status
 
 
