@@ -115,7 +115,7 @@ class SmallCNN(nn.Module):
 class FeatureExtractor(nn.Module):
     """The classifier's penultimate layer as a frozen module, usable as torchmetrics' custom ``feature``.
 
-    ``forward``: ``(B, C, 28, 28)`` float in [-1, 1] -> ``(B, num_features)``; no gradient, eval mode.
+    ``forward``: ``(B, C, 28, 28)`` float in [-1, 1] -> ``(B, num_features)`` float64; no gradient, eval mode.
     torchmetrics passes images to a custom module unchanged (its ``normalize`` flag only affects Inception),
     and reads ``num_features`` instead of probing the module with a dummy image.
     """
@@ -131,7 +131,8 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features(x.float())
+        # float64 out: torchmetrics computes KID's cubic kernel and FID's result in the features' dtype.
+        return self.net.features(x.float()).double()
 
 
 class TrainedClassifier(nn.Module):

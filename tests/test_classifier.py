@@ -17,6 +17,7 @@ from qdiff_lib.classifier import ClassifierRecipe, SmallCNN, TrainedClassifier
 TINY = ClassifierRecipe(epochs=1, min_steps=0, batch_size=64)
 
 
+@pytest.mark.slow
 def test_mnist_classifier_reaches_98_percent_from_its_training_command():
     """`python -m qdiff_lib.classifier --dataset mnist` (trains if not cached: about 1-2 min on 2 cores)."""
     out = subprocess.run(
