@@ -25,10 +25,11 @@ Two backends compute the same map ``(B, n) -> (B, n)``:
 ``"pennylane"``
     the QNode on ``default.qubit`` (backprop, parameter broadcasting): the reference;
 ``"torch"``
-    :func:`expectations_torch`, a batched statevector simulator: the encoding and the first layer's
-    rotations form a product state, later layers' rotations are fused into Kronecker products of up to
-    ``group_size`` qubits applied with one batched matmul each, every CNOT entangler is one precomputed
-    index permutation, and the last entangler is folded into the measurement matrix.
+    :func:`expectations_torch`, a batched statevector simulator (no loop over samples): the real encoding
+    and the first layer's rotations form a product state; in later layers each RZ column is a phase vector
+    (diagonal, carried through permutations and multiplied in once), each RY column is a real Kronecker
+    product over groups of up to ``group_size`` qubits applied with one batched GEMM per group; every CNOT
+    entangler is one precomputed index permutation, and the last one is folded into the measurement matrix.
 
 Hardware realism: ``shots`` (sampled expectation values from a seeded generator) and ``depolarizing``
 (a single-qubit depolarizing channel of strength ``p`` on every wire after every layer, simulated with a
