@@ -18,6 +18,16 @@ from qdiff_lib.unet import (
 )
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Batches of 2-3 images gain nothing from intra-op threads; on a loaded 2-core machine two threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _inputs(batch: int = 3, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.linspace(-1, 1, batch * channels * 28 * 28).reshape(batch, channels, 28, 28)
     t = torch.arange(batch, dtype=torch.long) * 7
