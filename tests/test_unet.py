@@ -18,7 +18,6 @@ from qdiff_lib.unet import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Batches of 2-3 images gain nothing from intra-op threads; on a loaded 2-core machine two threads spin."""
