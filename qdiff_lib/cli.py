@@ -28,17 +28,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+from torch import nn
 
 from qdiff_lib import REPO_ROOT, __version__, schedules
 from qdiff_lib.diffusion import SAMPLERS, Diffusion
 from qdiff_lib.noise import NOISE_SOURCES, make_noise_source
-from qdiff_lib.train import NonFiniteError, TrainConfig, resolve_device, train
+from qdiff_lib.train import NonFiniteError, TrainConfig, checkpoint_mismatch, resolve_device, train
 from qdiff_lib.unet import ANGLE_SCALINGS, BOTTLENECKS, GATES, NONLINEARITIES, UNet, count_parameters
 
 __all__ = ["RunOptions", "run", "build_parser", "main", "sampling_seed"]
@@ -132,7 +134,7 @@ class RunOptions:
             raise ValueError(f"bad --noise-kwargs for noise {self.noise!r}: {error}") from None
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def _atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -167,7 +169,7 @@ def _versions() -> dict[str, str | None]:
 
 
 @torch.no_grad()
-def _draw_samples(model, options: RunOptions, in_channels: int, device: torch.device, progress: bool,
+def _draw_samples(model: nn.Module, options: RunOptions, in_channels: int, device: torch.device, progress: bool,
                   batch: int = 256) -> torch.Tensor:
     diffusion = Diffusion.from_schedule(options.schedule, options.timesteps).to(device)
     noise_source = make_noise_source(options.noise, timesteps=options.timesteps, **options.noise_kwargs)
@@ -206,6 +208,11 @@ def _prepare(options: RunOptions, out: str | os.PathLike, force: bool) -> _Prepa
     options.validate()
     device = resolve_device(options.device)
     images, reference = data.few_shot_split(options.dataset, options.label, options.n_train, options.n_ref, options.seed)
+    mismatch = None if force else checkpoint_mismatch(out / CHECKPOINT_DIR, images, options.train_config())
+    if mismatch:
+        raise ValueError(
+            f"the checkpoint in {out / CHECKPOINT_DIR} {mismatch}; pass --force to discard it, or use another --out"
+        )
     return _Prepared(out, device, data.dataset_info(options.dataset).n_channels, images, reference, t0)
 
 

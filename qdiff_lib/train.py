@@ -53,6 +53,7 @@ __all__ = [
     "train",
     "resolve_device",
     "load_checkpoint",
+    "checkpoint_mismatch",
 ]
 
 #: Optimiser steps when neither ``steps`` nor ``epochs`` is given (the authors' later fixed budget).
@@ -232,6 +233,21 @@ def _module_generators(model: nn.Module) -> dict[str, torch.Generator]:
     }
 
 
+def _mismatch(state: dict[str, Any], fingerprint: str, config: TrainConfig) -> str | None:
+    if state["resume_key"] != _resume_key(config):
+        return f"was written with other settings: {state['resume_key']} != {_resume_key(config)}"
+    if state["data_fingerprint"] != fingerprint:
+        return "was written for other training images"
+    return None
+
+
+def checkpoint_mismatch(checkpoint_dir: str | os.PathLike, images: torch.Tensor, config: TrainConfig) -> str | None:
+    """Why :func:`train` would refuse to resume the checkpoint in ``checkpoint_dir`` (None: it would resume, or
+    start afresh when there is no checkpoint)."""
+    state = load_checkpoint(checkpoint_dir)
+    return None if state is None else _mismatch(state, _fingerprint(images), config)
+
+
 def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
@@ -300,13 +316,9 @@ def train(
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
         state = load_checkpoint(checkpoint_dir)
         if state is not None:
-            if state["resume_key"] != _resume_key(config):
-                raise ValueError(
-                    f"checkpoint {ckpt_path} was written with other settings: {state['resume_key']} "
-                    f"!= {_resume_key(config)}; remove it or use another checkpoint_dir"
-                )
-            if state["data_fingerprint"] != fingerprint:
-                raise ValueError(f"checkpoint {ckpt_path} was written for other training images")
+            mismatch = _mismatch(state, fingerprint, config)
+            if mismatch:
+                raise ValueError(f"checkpoint {ckpt_path} {mismatch}; remove it or use another checkpoint_dir")
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])

@@ -84,12 +84,14 @@ def test_run_writes_result_and_samples_and_refuses_to_overwrite(tmp_path, capsys
     assert again["train"]["resumed_from"] == 0  # --force discarded the old checkpoint
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*TINY, "--out", str(out), "--steps", "2"]) == 0  # the first 2 steps: a checkpoint at step 2
     (out / RESULT_NAME).unlink()
     (out / SAMPLES_NAME).unlink()
-    # same options except the budget would be refused: the checkpoint is for steps=2
+    with pytest.raises(SystemExit):  # other settings: refused before any work, the checkpoint kept
+        main([*TINY, "--out", str(out), "--steps", "3"])
+    assert "was written with other settings" in capsys.readouterr().err
     assert main([*TINY, "--out", str(out), "--steps", "2"]) == 0
     resumed, samples = _read(out)
     assert resumed["train"]["resumed_from"] == 2
