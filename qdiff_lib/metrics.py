@@ -14,7 +14,8 @@ real images of the same class:
   small N (a covariance from N vectors in 128 dimensions); reported for comparison with the paper, with its
   spread under redrawing of the real reference (:func:`fid_spread`).
 * **precision / recall** (Kynkaanniemi et al. 2019): the fraction of generated samples inside the real
-  k-nearest-neighbour manifold, and of real images inside the generated one.
+  k-nearest-neighbour manifold, and of real images inside the generated one; with density and coverage
+  (Naeem et al. 2020), which an isolated real image sways less.
 * **class consistency**: the classifier's accuracy on samples meant to be of class ``label``.
 * **memorization**: median distance from held-out real images to their nearest training image, divided by the
   same median for generated samples. About 1 for a model that generalises; large when samples copy training
