@@ -374,12 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_arguments(run_parser)
+    from qdiff_lib import study
+
+    study_parser = sub.add_parser(
+        "study", help="run (or resume) the studies behind the book's chapters",
+        description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    study.add_arguments(study_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "study":
+        from qdiff_lib import study
+
+        return study.main(args, parser)
     values = vars(args)
     out, force, progress = values.pop("out"), values.pop("force"), not values.pop("no_progress")
     values.pop("command")

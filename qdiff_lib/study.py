@@ -273,3 +273,42 @@ def load_results(profile_name: str, study: str, root: str | os.PathLike | None =
     folder = results_dir(profile_name, study, root)
     rows = [_flatten(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
     return pd.DataFrame(rows)
+
+
+def add_arguments(p) -> None:
+    """Options of ``python -m qdiff_lib study``."""
+    p.add_argument("--profile", choices=list(PROFILES), default="full",
+                   help="budgets: ci (small) or full (the study behind the verdicts) (default: %(default)s)")
+    p.add_argument("--study", dest="studies", action="append", choices=list(STUDIES),
+                   help="a study to run; repeat for several (default: all, in the order "
+                        + ", ".join(STUDIES) + ")")
+    p.add_argument("--limit", type=int, default=None,
+                   help="stop after computing this many new runs (default: no limit); finished runs are never recomputed")
+    p.add_argument("--results-root", type=Path, default=None,
+                   help="where summaries go (default: <repo>/results): <root>/<profile>/<study>/<key>.json")
+    p.add_argument("--runs-root", type=Path, default=None,
+                   help="training checkpoints and samples, outside git (default: <repo>/runs)")
+    p.add_argument("--list", action="store_true", help="list the runs and whether each is done, then exit")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def main(args, parser=None) -> int:
+    """Entry point of ``python -m qdiff_lib study``: run each requested study, then print what is done."""
+    studies = args.studies or list(STUDIES)
+    if args.limit is not None and args.limit < 0:
+        (parser.error if parser else SystemExit)(f"--limit must be >= 0, got {args.limit}")
+    remaining = args.limit
+    for name in studies:
+        runs = study_runs(name, args.profile)
+        out = results_dir(args.profile, name, args.results_root)
+        done = sum((out / f"{run_key(o)}.json").exists() for o in runs)
+        print(f"{name} ({args.profile}): {done}/{len(runs)} runs done, summaries in {out}", flush=True)
+        if args.list or remaining == 0:
+            continue
+        run_study(name, args.profile, root=args.results_root, runs_root=args.runs_root,
+                  progress=not args.no_progress, limit=remaining)
+        now = sum((out / f"{run_key(o)}.json").exists() for o in runs)
+        if remaining is not None:
+            remaining -= now - done
+        print(f"{name} ({args.profile}): {now}/{len(runs)} runs done", flush=True)
+    return 0
