@@ -13,6 +13,8 @@ PIP     := $(PY) -m pip
 # Notebook kernels ("python3") resolve `python` on PATH: put the venv first.
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
+# CPU results depend on torch's thread count in the last bits: pin it, so stored chapter outputs re-validate.
+export OMP_NUM_THREADS := 2
 
 CHAPTERS = $(shell $(PY) tools/toc_chapters.py)
 
