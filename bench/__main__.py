@@ -12,6 +12,9 @@ import sys
 BENCHMARKS: dict[str, str] = {
     "quantum": "bench.bench_quantum",  # the quantum layer against PennyLane (16 qubits, 3 layers, batch 64)
     "noise": "bench.bench_noise",  # noise sources against torch.randn
+    "training": "bench.bench_training",  # a training step of each arm (none, se, quantum 8 and 16 qubits)
+    "sampling": "bench.bench_sampling",  # DDPM 1000 steps against DDIM 50: speed and metrics
+    "memory": "bench.bench_memory",  # peak memory of the quantum layer against n_qubits, the memory guard
 }
 
 
