@@ -228,17 +228,42 @@ def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | 
     return summary
 
 
+def parse_filters(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["label=3", "bottleneck=se"]`` -> ``{"label": 3, "bottleneck": "se"}`` (values parsed as JSON when they can be)."""
+    from qdiff_lib.cli import RunOptions
+
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"bad filter {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def select(runs: list, filters: dict[str, Any]) -> list:
+    """The runs whose options equal every ``filters`` value."""
+    return [o for o in runs if all(getattr(o, k) == v for k, v in filters.items())]
+
+
 def run_study(study: str, profile_name: str = "ci", root: str | os.PathLike | None = None,
-              runs_root: str | os.PathLike | None = None, progress: bool = True, limit: int | None = None) -> pd.DataFrame:
+              runs_root: str | os.PathLike | None = None, progress: bool = True, limit: int | None = None,
+              filters: dict[str, Any] | None = None) -> pd.DataFrame:
     """Run every configuration of ``study`` (skipping finished ones) and return :func:`load_results`.
 
-    ``limit`` stops after that many runs have been computed in this call (None: all).
+    ``limit`` stops after that many runs have been computed in this call (None: all); ``filters`` keeps only the
+    runs whose options match (e.g. ``{"label": 3}``).
     """
     from tqdm.auto import tqdm
 
-    runs = study_runs(study, profile_name)
+    runs = select(study_runs(study, profile_name), filters or {})
     out = results_dir(profile_name, study, root)
-    command = f"python -m qdiff_lib study --profile {profile_name} --study {study}"
+    command = f"python -m qdiff_lib study --profile {profile_name} --study {study}" + "".join(
+        f" --filter {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (filters or {}).items())
     computed = 0
     for options in tqdm(runs, desc=f"{study} ({profile_name})", disable=not progress):
         if limit is not None and computed >= limit and not (out / f"{run_key(options)}.json").exists():
@@ -288,6 +313,8 @@ def add_arguments(p) -> None:
                    help="where summaries go (default: <repo>/results): <root>/<profile>/<study>/<key>.json")
     p.add_argument("--runs-root", type=Path, default=None,
                    help="training checkpoints and samples, outside git (default: <repo>/runs)")
+    p.add_argument("--filter", dest="filters", action="append", metavar="KEY=VALUE",
+                   help="keep only the runs whose option KEY equals VALUE, e.g. --filter label=3; repeatable")
     p.add_argument("--list", action="store_true", help="list the runs and whether each is done, then exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -297,16 +324,22 @@ def main(args, parser=None) -> int:
     studies = args.studies or list(STUDIES)
     if args.limit is not None and args.limit < 0:
         (parser.error if parser else SystemExit)(f"--limit must be >= 0, got {args.limit}")
+    try:
+        filters = parse_filters(args.filters)
+    except ValueError as error:
+        if parser is None:
+            raise
+        parser.error(str(error))
     remaining = args.limit
     for name in studies:
-        runs = study_runs(name, args.profile)
+        runs = select(study_runs(name, args.profile), filters)
         out = results_dir(args.profile, name, args.results_root)
         done = sum((out / f"{run_key(o)}.json").exists() for o in runs)
         print(f"{name} ({args.profile}): {done}/{len(runs)} runs done, summaries in {out}", flush=True)
         if args.list or remaining == 0:
             continue
         run_study(name, args.profile, root=args.results_root, runs_root=args.runs_root,
-                  progress=not args.no_progress, limit=remaining)
+                  progress=not args.no_progress, limit=remaining, filters=filters)
         now = sum((out / f"{run_key(o)}.json").exists() for o in runs)
         if remaining is not None:
             remaining -= now - done

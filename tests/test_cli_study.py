@@ -48,3 +48,13 @@ def test_summary_records_the_command_that_produced_it(tmp_path, monkeypatch):
     assert cli.main(["study", "--profile", "ci", "--study", "mnist", "--no-progress",
                      "--results-root", str(tmp_path), "--runs-root", str(tmp_path / "runs")]) == 0
     assert summary.stat().st_mtime_ns == mtime  # finished runs are not recomputed
+
+
+def test_filter_selects_runs_and_rejects_unknown_keys(tmp_path, capsys):
+    assert cli.main(["study", "--profile", "full", "--study", "mnist", "--filter", "label=3", "--list",
+                     "--results-root", str(tmp_path)]) == 0
+    assert "mnist (full): 0/15 runs done" in capsys.readouterr().out  # 5 arms x 3 seeds of digit 3
+    assert len(study.select(study.study_runs("mnist", "full"), {"label": 3, "bottleneck": "se"})) == 3
+    with pytest.raises(SystemExit):
+        cli.main(["study", "--filter", "colour=red", "--list"])
+    assert "bad filter 'colour=red'" in capsys.readouterr().err
