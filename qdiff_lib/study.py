@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from qdiff_lib import REPO_ROOT
 
@@ -184,6 +185,7 @@ def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
         "n_reference": record["n_reference"],
         "timings": record["timings"],
         "device": record["device"],
+        "torch_threads": torch.get_num_threads(),
         "versions": record["versions"],
         "git_commit": record["git_commit"],
         "command": command,
