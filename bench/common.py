@@ -104,13 +104,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def save_json(path: str | os.PathLike, name: str, rows: Any, settings: Mapping[str, Any]) -> Path:
-    """Write ``{"benchmark", "command", "settings", "machine", "finished", "rows"}`` to ``path``; return it."""
+def save_json(path: str | os.PathLike, name: str, rows: Any, settings: Mapping[str, Any],
+              command: str | None = None) -> Path:
+    """Write ``{"benchmark", "command", "settings", "machine", "finished", "rows"}`` to ``path``; return it.
+
+    ``rows`` is what the benchmark returns (its tables, as lists of dicts, and any further results).
+
+    ``command`` defaults to this process's command line.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
-        "command": _command(),
+        "command": command or _command(),
         "settings": dict(settings),
         "machine": machine_info(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
