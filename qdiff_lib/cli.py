@@ -80,6 +80,7 @@ class RunOptions:
     batch_size: int = 64
     lr: float = 3e-4
     ema_decay: float = 0.999
+    ema_warmup: bool = True
     checkpoint_every: int = 500
     n_samples: int = 64
     sampler: str = "ddim"
@@ -92,6 +93,7 @@ class RunOptions:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             steps=self.steps, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
+            ema_warmup=self.ema_warmup,
             schedule=self.schedule, timesteps=self.timesteps, noise=self.noise, noise_kwargs=dict(self.noise_kwargs),
             timestep_distribution=self.timestep_distribution, checkpoint_every=self.checkpoint_every,
             seed=self.seed, device=self.device,
@@ -339,6 +341,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     training.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
     training.add_argument("--ema-decay", type=float, default=d.ema_decay,
                           help="decay of the weights' moving average, sampled from (default: %(default)s)")
+    training.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false",
+                          help="use the EMA decay from the first step (default: warm-up, "
+                               "decay min(ema_decay, (1+step)/(10+step)))")
     training.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                           help="checkpoint every K steps, 0: only at the end (default: %(default)s)")
     training.add_argument("--seed", type=int, default=d.seed,

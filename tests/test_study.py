@@ -83,7 +83,7 @@ def test_run_key_is_stable_and_separates_every_option():
                    n_layers=2, gate="sigmoid", nonlinearity="relu", angle_scaling="pi", schedule="linear",
                    timesteps=500, noise="quantum", noise_kwargs={"n_qubits": 8},
                    timestep_distribution="logsnr_gaussian", steps=3, epochs=1.0, batch_size=32, lr=1e-3,
-                   ema_decay=0.99, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3, eta=0.5, seed=1,
+                   ema_decay=0.99, ema_warmup=False, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3, eta=0.5, seed=1,
                    device="cuda", metrics=True)
     assert set(changed) == {f.name for f in dataclasses.fields(cli.RunOptions)}, "a RunOptions field is untested"
     keys = {run_key(dataclasses.replace(o, **{name: value})) for name, value in changed.items()}
@@ -94,7 +94,7 @@ def test_run_key_fixed_value():
     """The key of a default run must not change silently: committed result files are named by it."""
     key = run_key(arm_options("none", dataset="mnist", label=3, n_train=64, seed=0, steps=2000, n_samples=500,
                               n_ref=800, n_qubits=8, sample_steps=50, sampler="ddim"))
-    assert key == "mnist-l3-n64-none-s0-98320a0361"
+    assert key == "mnist-l3-n64-none-s0-a00869191e"
     assert key in {run_key(o) for o in study_runs("mnist", "full")}
 
 

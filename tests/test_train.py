@@ -194,9 +194,13 @@ def test_frozen_squeeze_stays_frozen():
 def test_ema_is_the_moving_average_of_the_weights():
     model = _Tiny()
     w0 = model.out.bias.detach().clone()
-    cfg = _config(steps=1, ema_decay=0.9)
+    cfg = _config(steps=1, ema_decay=0.9, ema_warmup=False)
     result = train(model, _images(), cfg, progress=False)
     torch.testing.assert_close(result.ema_model.out.bias, 0.9 * w0 + 0.1 * result.model.out.bias)
+    # with warm-up (the default) the first step uses decay (1 + 1) / (10 + 1)
+    model = _Tiny()
+    result = train(model, _images(), _config(steps=1, ema_decay=0.9), progress=False)
+    torch.testing.assert_close(result.ema_model.out.bias, 2 / 11 * w0 + 9 / 11 * result.model.out.bias)
 
 
 def test_budget_in_steps_or_epochs():
@@ -284,3 +288,15 @@ def test_quantum_and_hybrid_noise_sources(noise, kwargs):
     g = train(_Recorder(), _images(), _config(steps=3), progress=False)
     assert a.loss_history == b.loss_history != g.loss_history
     assert all(math.isfinite(v) for v in a.loss_history)
+
+
+def test_ema_warmup_schedule_and_effect():
+    """With warm-up the EMA decay is min(decay, (1+s)/(10+s)); without it, the paper's constant decay."""
+    from qdiff_lib.train import ema_decay_at
+
+    assert ema_decay_at(1, 0.999) == pytest.approx(2 / 11)
+    assert ema_decay_at(100, 0.999) == pytest.approx(101 / 110)
+    assert ema_decay_at(10_000, 0.999) == 0.999
+    assert ema_decay_at(1, 0.999, warmup=False) == 0.999
+    with pytest.raises(ValueError, match="ema_warmup must be True or False"):
+        TrainConfig(ema_warmup="yes")
