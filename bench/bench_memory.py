@@ -78,7 +78,7 @@ def measure_memory(implementation: str, n_qubits: int, batch: int = 64, layers: 
 
 
 def memory_guard(batch: int = 64, limit: int = DEFAULT_MEMORY_LIMIT_BYTES) -> dict:
-    """The largest width the torch simulator accepts at ``batch`` (float32) under ``limit``, and the refusal above it."""
+    """The largest width the torch simulator accepts at ``batch`` (float32) under ``limit``; the refusal above it."""
     largest = int(math.log2(limit / state_bytes(batch, 0, torch.float32)))
     layer = QuantumLayer(largest + 1, 1, memory_limit_bytes=limit)
     try:

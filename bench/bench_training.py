@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"circuit layer fwd+bwd alone / quantum step ({key}): {share:.2f}")
         for key, ops in result["top_ops"].items():
             print(f"# top operators of a quantum step ({key}), share of self CPU time")
-            print_table(ops, [("op", "operator", "s"), ("self_cpu_share", "share", ".3f"), ("calls", "calls/step", "d")])
+            print_table(ops, [("op", "operator", "s"), ("self_cpu_share", "share", ".3f"),
+                              ("calls", "calls/step", "d")])
     if args.json:
         save_json(args.json, "training", result, vars(args))
     return 0
