@@ -265,6 +265,14 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def ema_initial_share(steps: int, decay: float, warmup: bool = True) -> float:
+    """Weight of the initial parameters in the EMA after ``steps`` optimiser steps: ``prod_s ema_decay_at(s)``."""
+    share = 1.0
+    for step in range(1, steps + 1):
+        share *= ema_decay_at(step, decay, warmup)
+    return share
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
         if p.requires_grad:

@@ -298,5 +298,10 @@ def test_ema_warmup_schedule_and_effect():
     assert ema_decay_at(100, 0.999) == pytest.approx(101 / 110)
     assert ema_decay_at(10_000, 0.999) == 0.999
     assert ema_decay_at(1, 0.999, warmup=False) == 0.999
+    from qdiff_lib.train import ema_initial_share
+
+    assert ema_initial_share(150, 0.999, warmup=False) == pytest.approx(0.999**150)
+    assert ema_initial_share(2, 0.999) == pytest.approx(2 / 11 * 3 / 12)
+    assert ema_initial_share(150, 0.999) < 1e-10
     with pytest.raises(ValueError, match="ema_warmup must be True or False"):
         TrainConfig(ema_warmup="yes")
