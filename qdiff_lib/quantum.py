@@ -63,6 +63,7 @@ __all__ = [
     "paper_closed_form",
     "paper_parity_matrix",
     "state_bytes",
+    "peak_bytes",
     "QuantumLayer",
 ]
 
@@ -72,7 +73,7 @@ ANSATZE: tuple[str, ...] = ("paper", "rzry", "strong")
 BACKENDS: tuple[str, ...] = ("torch", "pennylane")
 WEIGHT_INITS: tuple[str, ...] = ("uniform", "zeros")
 
-#: Default ceiling for the simulator's state (statevector or density matrix) of one batch.
+#: Default ceiling for the simulator's estimated peak memory for one batch (:func:`peak_bytes`).
 DEFAULT_MEMORY_LIMIT_BYTES = 4 * 2**30
 #: Largest number of qubits fused into one Kronecker-product gate by the torch simulator.
 DEFAULT_GROUP_SIZE = 4
@@ -383,14 +384,72 @@ def _check_inputs(inputs: torch.Tensor, weights: torch.Tensor, ansatz: str) -> N
                          f"got {tuple(weights.shape)}")
 
 
-def _check_memory(batch: int, n: int, dtype: torch.dtype, density: bool, limit: int | None) -> None:
-    need = state_bytes(batch, n, dtype, density)
-    if limit is not None and need > limit:
+def peak_bytes(
+    batch: int,
+    n_qubits: int,
+    n_layers: int,
+    ansatz: str = "rzry",
+    dtype: torch.dtype = torch.float32,
+    *,
+    density: bool = False,
+    grad: bool = True,
+    shots: int | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> int:
+    """Estimated peak memory of :func:`expectations_torch` for one batch: a count of state-sized tensors times
+    :func:`state_bytes` (statevector ``(B, 2**n)`` or, with ``density``, density matrix ``(B, 4**n)``).
+
+    The count follows the algorithm. With ``grad`` (forward + backward, autograd enabled), the tensors saved
+    for backward: in every layer after the first, the state the RZ phases multiply (rzry, strong) and the input
+    of each of the ``ceil(n / group_size)`` fused-rotation GEMMs (density: ``ceil(2n / group_size)`` GEMMs);
+    at the end the state the pending phases multiply (paper, strong), the state whose ``|.|^2`` is taken and
+    the probabilities (half a state); plus the working set at the start of backward (2.5 states pure, 7 for the
+    density matrix, whose depolarizing channel keeps ~5 copies in flight). Without ``grad``: the working set
+    only (3 states pure, 7 density). ``shots`` adds the detached probabilities and the counts (one state).
+    Checked against the measured resident-set growth in ``tests/test_quantum.py`` (12-14 qubits).
+    """
+    _check_choice("ansatz", ansatz, ANSATZE)
+    n_groups = -(-(2 * n_qubits if density else n_qubits) // group_size)
+    if density:
+        states = (n_layers - 1) * n_groups + 7.0 if grad else 7.0
+    elif grad:
+        per_layer = 1 + n_groups if ansatz != "paper" else 0
+        final_phase = 1 if ansatz != "rzry" else 0
+        states = (n_layers - 1) * per_layer + final_phase + 1.5 + 2.5
+    else:
+        states = 3.0
+    if shots is not None:
+        states += 1.0
+    return math.ceil(states * state_bytes(batch, n_qubits, dtype, density))
+
+
+def _check_memory(
+    batch: int,
+    n: int,
+    n_layers: int,
+    ansatz: str,
+    dtype: torch.dtype,
+    density: bool,
+    grad: bool,
+    shots: int | None,
+    group_size: int,
+    limit: int | None,
+) -> None:
+    """Raise ``MemoryError`` before allocating when :func:`peak_bytes` exceeds ``limit`` (``None``: no limit)."""
+    if limit is None:
+        return
+    need = peak_bytes(batch, n, n_layers, ansatz, dtype, density=density, grad=grad, shots=shots,
+                      group_size=group_size)
+    if need > limit:
         kind = "density matrix" if density else "statevector"
+        what = "forward + backward" if grad else "forward (no grad)"
+        one = state_bytes(batch, n, dtype, density)
         raise MemoryError(
-            f"the {kind} of this batch needs {need / 2**20:.1f} MiB (B={batch}, n_qubits={n}, {dtype}), "
-            f"above memory_limit_bytes={limit} ({limit / 2**20:.1f} MiB); "
-            f"reduce the batch or raise memory_limit_bytes"
+            f"the simulator's {what} of this batch needs about {need / 2**20:.1f} MiB "
+            f"({need / one:.1f} copies of the {one / 2**20:.1f} MiB {kind}; B={batch}, n_qubits={n}, "
+            f"n_layers={n_layers}, {dtype}), above memory_limit_bytes={limit} ({limit / 2**20:.1f} MiB); "
+            f"reduce the batch or raise the limit: QuantumLayer(..., memory_limit_bytes=N) or "
+            f"expectations_torch(..., memory_limit_bytes=N), None disables the check"
         )
 
 
@@ -496,7 +555,9 @@ def statevector_torch(
     Same simulator as :func:`expectations_torch` (which never applies the last entangler to the state).
     """
     _check_inputs(inputs, weights, ansatz)
-    _check_memory(inputs.shape[0], inputs.shape[1], inputs.dtype, False, DEFAULT_MEMORY_LIMIT_BYTES)
+    grad = torch.is_grad_enabled() and (inputs.requires_grad or weights.requires_grad)
+    _check_memory(inputs.shape[0], inputs.shape[1], weights.shape[0], ansatz, inputs.dtype, False, grad, None,
+                  group_size, DEFAULT_MEMORY_LIMIT_BYTES)
     plan = _plan(ansatz, inputs.shape[1], weights.shape[0], inputs.device, inputs.dtype)
     state = _state_before_last_entangler(ansatz, inputs, weights.to(inputs.dtype), group_size)
     return _Permute.apply(state, plan.perms[-1], plan.inv_perms[-1])
@@ -541,7 +602,8 @@ def expectations_torch(
     in ``inputs`` and ``weights``. With ``shots``, the forward value is the mean of ``shots`` samples of the
     Z-basis measurement drawn with ``generator`` (all wires from the same samples, as on hardware), and the
     gradient is that of the exact expectation (a straight-through estimator, i.e. the infinite-shot gradient).
-    Raises ``MemoryError`` before allocating when the state exceeds ``memory_limit_bytes``.
+    Raises ``MemoryError`` before allocating when the estimated peak memory of what will run (forward only under
+    ``torch.no_grad``, else forward + backward; see :func:`peak_bytes`) exceeds ``memory_limit_bytes``.
     """
     _check_inputs(inputs, weights, ansatz)
     if not 0.0 <= depolarizing <= 1.0:
@@ -550,7 +612,9 @@ def expectations_torch(
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     batch, n = inputs.shape
     density = depolarizing > 0.0
-    _check_memory(batch, n, inputs.dtype, density, memory_limit_bytes)
+    grad = torch.is_grad_enabled() and (inputs.requires_grad or weights.requires_grad)
+    _check_memory(batch, n, weights.shape[0], ansatz, inputs.dtype, density, grad, shots, group_size,
+                  memory_limit_bytes)
     weights = weights.to(inputs.dtype)
     plan = _plan(ansatz, n, weights.shape[0], inputs.device, inputs.dtype)
     if density:
@@ -618,7 +682,8 @@ class QuantumLayer(nn.Module):
             ``default.mixed`` with noise, parameter-shift with shots).
         shots: ``None`` for exact expectation values, else the number of measurement samples per input row.
         depolarizing: strength ``p`` of the depolarizing channel on every wire after every layer.
-        memory_limit_bytes: the torch backend raises ``MemoryError`` before allocating a larger state.
+        memory_limit_bytes: the torch backend raises ``MemoryError`` before allocating when its estimated peak
+            memory (:func:`peak_bytes`, forward + backward when grad is enabled) exceeds it; None: no check.
         dtype: float32 (fast) or float64.
         weight_init: ``"uniform"`` in ``[0, 2 pi)`` or ``"zeros"``.
         generator: ``torch.Generator`` or integer seed for the initial weights and, continuing the same stream,

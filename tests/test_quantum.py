@@ -3,7 +3,12 @@ and against closed forms."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pennylane as qml
 import pytest
@@ -19,6 +24,7 @@ from qdiff_lib.quantum import (
     make_qnode,
     paper_closed_form,
     paper_parity_matrix,
+    peak_bytes,
     state_bytes,
     statevector_torch,
     weight_shape,
@@ -72,13 +78,75 @@ def test_shape_error_message():
 
 def test_memory_limit_raises_before_allocating():
     layer = QuantumLayer(26, 1, ansatz="paper", memory_limit_bytes=2**30)
-    need = state_bytes(64, 26, torch.float32)
-    assert need == 64 * 2**26 * 8
-    with pytest.raises(MemoryError, match=rf"statevector of this batch needs {need / 2**20:.1f} MiB"):
-        layer(torch.zeros(64, 26))  # would be 32 GiB: fails at once, without trying to allocate it
+    need = peak_bytes(64, 26, 1, "paper", torch.float32)
+    assert state_bytes(64, 26, torch.float32) == 64 * 2**26 * 8
+    assert need == 5 * state_bytes(64, 26, torch.float32)  # final phase, |.|^2, probabilities, working set
+    with pytest.raises(MemoryError, match=rf"forward \+ backward of this batch needs about {need / 2**20:.1f} MiB"):
+        layer(torch.zeros(64, 26, requires_grad=True))  # ~160 GiB: fails at once, without trying to allocate it
     noisy = QuantumLayer(10, 1, depolarizing=0.01, memory_limit_bytes=2**20)
-    with pytest.raises(MemoryError, match="density matrix"):
+    with pytest.raises(MemoryError, match="density matrix") as info:
         noisy(torch.zeros(2, 10))
+    assert "memory_limit_bytes=N" in str(info.value)
+
+
+def test_memory_guard_counts_backward_and_no_grad():
+    # 14 qubits, batch 64: one statevector is 8 MiB; forward + backward of rzry, 3 layers, keeps ~14 of them.
+    one = state_bytes(64, 14, torch.float32)
+    assert peak_bytes(64, 14, 3, "rzry", grad=True) == 14 * one
+    assert peak_bytes(64, 14, 3, "rzry", grad=False) == 3 * one
+    limit = 8 * one
+    layer = QuantumLayer(14, 3, memory_limit_bytes=limit)
+    x = torch.zeros(64, 14)
+    with pytest.raises(MemoryError, match=r"forward \+ backward .*\(14\.0 copies of the 8\.0 MiB statevector"):
+        layer(x)  # the weights require grad
+    with torch.no_grad():
+        assert layer(x).shape == (64, 14)  # forward only: 3 copies fit under the same limit
+
+
+_MEASURE_PEAK = """
+import json, sys, torch
+from qdiff_lib.quantum import expectations_torch, weight_shape
+torch.set_num_threads(1)
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+def step(ansatz, n, layers, batch, grad, p):
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(weight_shape(ansatz, layers, n), generator=g).requires_grad_(grad)
+    x = torch.rand(batch, n, generator=g).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = expectations_torch(ansatz, x, w, depolarizing=p, memory_limit_bytes=None)
+        if grad:
+            out.sum().backward()
+
+peaks = []
+for case in json.loads(sys.argv[1]):
+    step(*case[:3], 1, *case[4:])  # warm-up: plan caches, lazy imports
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the resident-set high-water mark
+    before = hwm()
+    step(*case)
+    peaks.append(hwm() - before)
+print(json.dumps(peaks))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_peak_bytes_matches_measured_peak():
+    """The estimate against the measured growth of the peak resident set of a fresh process. glibc is told to
+    serve large blocks with mmap (returned to the system when freed), so the resident set follows the live
+    tensors instead of the heap's high-water mark."""
+    cases = [("rzry", 14, 3, 64, True, 0.0), ("rzry", 14, 3, 64, False, 0.0), ("paper", 13, 2, 64, True, 0.0),
+             ("strong", 12, 3, 64, True, 0.0), ("rzry", 7, 2, 64, True, 0.01), ("rzry", 7, 2, 64, False, 0.01)]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_PEAK, json.dumps(cases)], env=env, check=True,
+                          capture_output=True, text=True, timeout=120)
+    for (ansatz, n, layers, batch, grad, p), measured in zip(cases, json.loads(proc.stdout)):
+        est = peak_bytes(batch, n, layers, ansatz, density=p > 0, grad=grad)
+        assert 0.9 * measured <= est <= 1.5 * measured, (ansatz, n, layers, grad, p, est, measured)
 
 
 # ---------------------------------------------------------------------------------- agreement with PennyLane
