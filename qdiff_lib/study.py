@@ -286,6 +286,8 @@ def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
         "train_s": summary["timings"]["train_s"], "device": summary["device"],
     }
     for name, value in summary["metrics"].items():
+        if name in row:  # bookkeeping entries of the metrics (seed, n_train...) never overwrite the run's options
+            continue
         if isinstance(value, dict) and "mean" in value:
             row[name] = value["mean"]
             if "se" in value:
