@@ -329,3 +329,14 @@ def test_statevector_matches_pennylane(ansatz):
         return qml.state()
 
     torch.testing.assert_close(statevector_torch(ansatz, x, w, group_size=2), state(x, w), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_rowwise_permutation_is_bit_exact(dtype):
+    from qdiff_lib.quantum import _ROWWISE_PERMUTE_MIN, _permute_columns
+
+    n = int(math.log2(_ROWWISE_PERMUTE_MIN))  # rows long enough for the row-wise path
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 2**n, generator=g, dtype=dtype)
+    idx = torch.randperm(2**n, generator=g)
+    assert torch.equal(_permute_columns(x, idx), x[:, idx])
