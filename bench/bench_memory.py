@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import torch
 from bench.bench_quantum import _step, contenders
 from bench.bench_quantum import run as time_layer
 from bench.common import REPO_ROOT, print_table, save_json
-from qdiff_lib.quantum import DEFAULT_MEMORY_LIMIT_BYTES, QuantumLayer, state_bytes
+from qdiff_lib.quantum import DEFAULT_MEMORY_LIMIT_BYTES, QuantumLayer, peak_bytes, state_bytes
 
 #: Implementations, as named by :func:`bench.bench_quantum.contenders`, and the ``skip`` keys of the others.
 IMPLEMENTATIONS: dict[str, str] = {
@@ -77,10 +76,11 @@ def measure_memory(implementation: str, n_qubits: int, batch: int = 64, layers: 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def memory_guard(batch: int = 64, limit: int = DEFAULT_MEMORY_LIMIT_BYTES) -> dict:
-    """The largest width the torch simulator accepts at ``batch`` (float32) under ``limit``; the refusal above it."""
-    largest = int(math.log2(limit / state_bytes(batch, 0, torch.float32)))
-    layer = QuantumLayer(largest + 1, 1, memory_limit_bytes=limit)
+def memory_guard(batch: int = 64, limit: int = DEFAULT_MEMORY_LIMIT_BYTES, layers: int = 3) -> dict:
+    """The largest width whose forward + backward the torch simulator accepts at ``batch`` (float32, rzry) under
+    ``limit`` (the guard estimates the peak with ``peak_bytes``), and the refusal one qubit above it."""
+    largest = max(n for n in range(1, 40) if peak_bytes(batch, n, layers) <= limit)
+    layer = QuantumLayer(largest + 1, layers, memory_limit_bytes=limit)
     try:
         layer(torch.zeros(batch, largest + 1))
         message = None
@@ -88,7 +88,8 @@ def memory_guard(batch: int = 64, limit: int = DEFAULT_MEMORY_LIMIT_BYTES) -> di
         message = str(err)
     if message is None:
         raise AssertionError(f"the guard let a {largest + 1}-qubit batch of {batch} through under {limit} bytes")
-    return {"limit_bytes": limit, "batch": batch, "largest_qubits": largest,
+    return {"limit_bytes": limit, "batch": batch, "layers": layers, "largest_qubits": largest,
+            "peak_bytes_at_largest": peak_bytes(batch, largest, layers),
             "state_bytes_at_largest": state_bytes(batch, largest, torch.float32), "refusal": message}
 
 
