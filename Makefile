@@ -41,7 +41,7 @@ execute: venv
 	mkdir -p _build/executed
 	for nb in $(CHAPTERS); do \
 	  echo "== papermill $$nb (profile=$(PROFILE))"; \
-	  $(BIN)/papermill --cwd chapters -k python3 -p profile $(PROFILE) \
+	  $(BIN)/papermill --cwd chapters -k python3 $(if $(filter-out ci,$(PROFILE)),-p profile $(PROFILE)) \
 	      "$$nb" "_build/executed/$$(basename $$nb)"; \
 	  cp "_build/executed/$$(basename $$nb)" "$$nb"; \
 	done
