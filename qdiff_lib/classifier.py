@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qdiff_lib import data
+from qdiff_lib._io import atomic_write
 
 __all__ = [
     "ClassifierRecipe",
@@ -263,15 +263,7 @@ def _save(clf: TrainedClassifier, path: Path) -> None:
         "n_channels": clf.net.n_channels,
         "n_classes": clf.net.head.out_features,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def _load(path: Path) -> TrainedClassifier:

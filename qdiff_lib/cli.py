@@ -26,18 +26,17 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from qdiff_lib import REPO_ROOT, __version__, schedules
+from qdiff_lib._io import atomic_write
 from qdiff_lib.diffusion import SAMPLERS, Diffusion
 from qdiff_lib.noise import NOISE_SOURCES, make_noise_source
 from qdiff_lib.train import NonFiniteError, TrainConfig, checkpoint_mismatch, resolve_device, train
@@ -134,20 +133,6 @@ class RunOptions:
             make_noise_source(self.noise, timesteps=self.timesteps, **self.noise_kwargs)
         except TypeError as error:  # an unknown keyword
             raise ValueError(f"bad --noise-kwargs for noise {self.noise!r}: {error}") from None
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _git(*args: str) -> str | None:
@@ -286,9 +271,9 @@ def _execute(
         "command": command,
     }
     array = samples.numpy().astype(np.float32)
-    _atomic_write_bytes(out / SAMPLES_NAME, lambda f: np.savez(f, samples=array))
+    atomic_write(out / SAMPLES_NAME, lambda f: np.savez(f, samples=array))
     text = json.dumps(record, indent=1, allow_nan=False)
-    _atomic_write_bytes(out / RESULT_NAME, lambda f: f.write(text.encode()))
+    atomic_write(out / RESULT_NAME, lambda f: f.write(text.encode()))
     return record
 
 

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import urllib.request
 import warnings
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from . import REPO_ROOT
+from ._io import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -187,20 +187,9 @@ def _verify(path: Path) -> None:
     cache[key] = digest
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(cache_file, json.dumps(cache, indent=0, sort_keys=True))
+        atomic_write(cache_file, lambda f: f.write(json.dumps(cache, indent=0, sort_keys=True).encode()))
     except OSError:  # a read-only home only costs a re-hash next time
         pass
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------- download

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pandas as pd
 import torch
 
 from qdiff_lib import REPO_ROOT
+from qdiff_lib._io import atomic_write
 
 __all__ = [
     "ARMS",
@@ -192,18 +192,6 @@ def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
     }
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None,
             progress: bool = False, command: str = "") -> dict[str, Any]:
     """Run ``options`` unless ``out_dir/<key>.json`` exists; return the summary (also written there).
@@ -226,7 +214,7 @@ def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | 
     else:
         record = cli.run(options, run_dir, force=False, progress=progress)
     summary = _summary(record, command)
-    _atomic_write_json(summary_path, summary)
+    atomic_write(summary_path, lambda f: f.write(json.dumps(summary, indent=1, allow_nan=False).encode()))
     return summary
 
 

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qdiff_lib import schedules
+from qdiff_lib._io import atomic_write
 from qdiff_lib.diffusion import Diffusion
 from qdiff_lib.noise import NOISE_SOURCES, make_noise_source
 
@@ -209,20 +209,6 @@ def _resume_key(config: TrainConfig) -> dict[str, Any]:
     return d
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The checkpoint in ``checkpoint_dir`` (a dict, tensors on the CPU), or None if there is none."""
     path = Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -371,7 +357,7 @@ def train(
         }
         if hasattr(noise_source, "state_dict"):
             state["noise_source"] = noise_source.state_dict()
-        _atomic_torch_save(state, ckpt_path)
+        atomic_write(ckpt_path, lambda f: torch.save(state, f))
 
     images_dev = images.to(device, torch.float32)
     B = config.batch_size
