@@ -283,12 +283,11 @@ def get_classifier(dataset: str, device: str | torch.device = "cpu", progress: b
     dataset = data.dataset_info(dataset).name
     recipe = recipe_for(dataset)
     path = _cache_path(dataset, recipe)
-    if path.exists():
-        clf = _load(path)
-    else:
-        clf = train_classifier(dataset, recipe, progress=progress)
-        _save(clf, path)
-    return clf.to(device)
+    if not path.exists():
+        _save(train_classifier(dataset, recipe, progress=progress), path)
+    # Always the object read back from the cache, so a freshly trained classifier and a cached one give
+    # bit-identical features (measured: evaluating with the in-memory one moved KID by 0.5%).
+    return _load(path).to(device)
 
 
 def main(argv: list[str] | None = None) -> None:
