@@ -285,8 +285,8 @@ def get_classifier(dataset: str, device: str | torch.device = "cpu", progress: b
     path = _cache_path(dataset, recipe)
     if not path.exists():
         _save(train_classifier(dataset, recipe, progress=progress), path)
-    # Always the object read back from the cache, so a freshly trained classifier and a cached one give
-    # bit-identical features (measured: evaluating with the in-memory one moved KID by 0.5%).
+    # Always the object read back from the cache, so that a freshly trained classifier and a cached one are
+    # the same object in every respect (one code path for both).
     return _load(path).to(device)
 
 
