@@ -8,13 +8,15 @@ runs (``mnist``, ``medmnist``, ``scaling``, ``noise_schedules``) built for a *pr
 
 :func:`run_study` executes the runs one after the other. Each finished run leaves a small JSON summary
 ``results/<profile>/<study>/<key>.json`` (options, metrics, a down-sampled loss curve, timings, versions, commit,
-and the command that produced it); a run whose summary exists is never recomputed, and an interrupted run resumes
+the command that produced it, and a preview of its first samples quantised to 8 bits, so that the book can show
+what each committed model draws); a run whose summary exists is never recomputed, and an interrupted run resumes
 from its training checkpoint under ``runs/`` (outside git). ``python -m qdiff_lib study --profile full`` (``make
 study``) runs every study of the profile.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -40,6 +43,9 @@ __all__ = [
     "run_key",
     "run_one",
     "run_study",
+    "encode_preview",
+    "decode_preview",
+    "load_previews",
     "load_results",
     "results_dir",
 ]
@@ -192,6 +198,44 @@ def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
     }
 
 
+#: Samples kept (quantised to uint8) in each summary, for the sample grids of the chapters.
+PREVIEW_N = 16
+
+
+def encode_preview(samples: np.ndarray | torch.Tensor, n: int = PREVIEW_N) -> dict[str, Any]:
+    """The first ``n`` samples ``(N, C, H, W)`` in [-1, 1] as uint8 (``round((x + 1) * 127.5)``, clipped), base64.
+
+    The quantisation error is at most 1/255 of the [-1, 1] range; :func:`decode_preview` inverts it.
+    """
+    x = torch.as_tensor(np.asarray(samples[:n], dtype=np.float32))
+    if x.dim() != 4:
+        raise ValueError(f"samples: expected (N, C, H, W), got {tuple(x.shape)}")
+    q = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return {"shape": list(q.shape), "encoding": "uint8 round((x + 1) * 127.5), base64",
+            "data": base64.b64encode(q.tobytes()).decode("ascii")}
+
+
+def decode_preview(preview: dict[str, Any]) -> torch.Tensor:
+    """The samples of :func:`encode_preview` as float32 ``(N, C, H, W)`` in [-1, 1]."""
+    raw = np.frombuffer(base64.b64decode(preview["data"]), dtype=np.uint8)
+    return torch.from_numpy(raw.reshape(preview["shape"]).astype(np.float32) / 127.5 - 1.0)
+
+
+def _with_preview(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``summary`` plus the preview of ``run_dir``'s samples, when they exist and it has none yet."""
+    from qdiff_lib import cli
+
+    samples = run_dir / cli.SAMPLES_NAME
+    if "preview" in summary or not samples.exists():
+        return summary
+    with np.load(samples) as f:
+        return {**summary, "preview": encode_preview(f["samples"])}
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(summary, indent=1, allow_nan=False).encode()))
+
+
 def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None,
             progress: bool = False, command: str = "") -> dict[str, Any]:
     """Run ``options`` unless ``out_dir/<key>.json`` exists; return the summary (also written there).
@@ -203,9 +247,13 @@ def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | 
 
     key = run_key(options)
     summary_path = Path(out_dir) / f"{key}.json"
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
     run_dir = Path(runs_root if runs_root is not None else REPO_ROOT / "runs") / key
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        with_preview = _with_preview(summary, run_dir)  # summaries written before previews existed
+        if with_preview is not summary:
+            _write_summary(summary_path, with_preview)
+        return with_preview
     result_path = run_dir / cli.RESULT_NAME
     if result_path.exists():
         record = json.loads(result_path.read_text())
@@ -213,8 +261,8 @@ def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | 
             record = cli.run(options, run_dir, force=True, progress=progress)
     else:
         record = cli.run(options, run_dir, force=False, progress=progress)
-    summary = _summary(record, command)
-    atomic_write(summary_path, lambda f: f.write(json.dumps(summary, indent=1, allow_nan=False).encode()))
+    summary = _with_preview(_summary(record, command), run_dir)
+    _write_summary(summary_path, summary)
     return summary
 
 
@@ -288,8 +336,19 @@ def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
 def load_results(profile_name: str, study: str, root: str | os.PathLike | None = None) -> pd.DataFrame:
     """One row per finished run of ``study`` under ``profile_name`` (empty DataFrame when none)."""
     folder = results_dir(profile_name, study, root)
-    rows = [_flatten(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    rows = [{"key": p.stem, **_flatten(json.loads(p.read_text()))} for p in sorted(folder.glob("*.json"))]
     return pd.DataFrame(rows)
+
+
+def load_previews(profile_name: str, study: str, root: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """``{run key: preview samples (N, C, H, W) in [-1, 1]}`` for the finished runs of ``study`` that have one."""
+    folder = results_dir(profile_name, study, root)
+    out = {}
+    for p in sorted(folder.glob("*.json")):
+        summary = json.loads(p.read_text())
+        if "preview" in summary:
+            out[p.stem] = decode_preview(summary["preview"])
+    return out
 
 
 def add_arguments(p) -> None:
@@ -328,6 +387,9 @@ def main(args, parser=None) -> int:
         out = results_dir(args.profile, name, args.results_root)
         done = sum((out / f"{run_key(o)}.json").exists() for o in runs)
         print(f"{name} ({args.profile}): {done}/{len(runs)} runs done, summaries in {out}", flush=True)
+        if args.list:
+            for o in runs:
+                print(f"  {'done   ' if (out / f'{run_key(o)}.json').exists() else 'pending'} {run_key(o)}")
         if args.list or remaining == 0:
             continue
         run_study(name, args.profile, root=args.results_root, runs_root=args.runs_root,

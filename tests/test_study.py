@@ -141,6 +141,19 @@ def test_run_one_writes_a_summary_and_resumes_without_recomputing(tmp_path, monk
     again = run_one(o, out, runs_root=runs)
     assert again == first and len(calls) == 1 and path.stat().st_mtime_ns == stamp, "a finished run was recomputed"
 
+    # the summary keeps a uint8 preview of the first samples
+    with np.load(runs / run_key(o) / cli.SAMPLES_NAME) as f:
+        samples = torch.from_numpy(f["samples"])
+    shown = study.decode_preview(first["preview"])
+    assert shown.shape == samples.shape == (4, 1, 28, 28)
+    assert (shown - samples.clamp(-1, 1)).abs().max() <= 0.5 / 127.5 + 1e-6
+
+    # a summary written before previews existed gets one from the run folder, without recomputing
+    path.write_text(json.dumps({k: v for k, v in first.items() if k != "preview"}))
+    backfilled = run_one(o, out, runs_root=runs)
+    assert backfilled == first and json.loads(path.read_text()) == first and len(calls) == 1
+    stamp = path.stat().st_mtime_ns
+
     # the summary is lost but the run folder is intact: the summary is rebuilt from result.json, not retrained
     path.unlink()
     rebuilt = run_one(o, out, runs_root=runs, command="cmd")
@@ -153,6 +166,20 @@ def test_run_one_writes_a_summary_and_resumes_without_recomputing(tmp_path, monk
     path.unlink()
     recomputed = run_one(o, out, runs_root=runs, command="cmd")
     assert len(calls) == 2 and recomputed["loss_curve"] == first["loss_curve"]
+
+
+def test_preview_quantises_within_half_a_level_and_round_trips():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(20, 3, 28, 28, generator=g) * 2.4 - 1.2  # also outside [-1, 1]: clipped
+    p = study.encode_preview(x)
+    assert p["shape"] == [study.PREVIEW_N, 3, 28, 28]
+    y = study.decode_preview(p)
+    assert y.dtype == torch.float32 and y.min() >= -1 and y.max() <= 1
+    assert (y - x[: study.PREVIEW_N].clamp(-1, 1)).abs().max() <= 0.5 / 127.5 + 1e-6
+    assert torch.equal(study.decode_preview(study.encode_preview(y)), y), "decoding is exact on the grid"
+    assert study.encode_preview(x, n=3)["shape"] == [3, 3, 28, 28]
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        study.encode_preview(x[0])
 
 
 def test_downsample_means_windows():
@@ -183,6 +210,7 @@ def test_load_results_flattens_metrics(tmp_path):
     (folder / "b.json").write_text(json.dumps(other))
     df = load_results("ci", "mnist", tmp_path)
     assert list(df["arm"]) == ["quantum_rzry", "se"] and list(df["seed"]) == [0, 1]
+    assert list(df["key"]) == ["a", "b"]
     row = df.iloc[0]
     assert (row["kid"], row["kid_se"], row["fid"], row["class_consistency"]) == (0.1, 0.01, 30.0, 0.9)
     assert row["n_samples"] == 4 and row["train_s"] == 1.5  # the option, not the metrics' bookkeeping and row["final_loss"] == 0.5
@@ -222,6 +250,7 @@ def test_committed_full_results_are_consistent():
         assert path.stem in grid, f"{path} is not a run of the full {path.parent.name} grid"
         assert s["command"].startswith("python -m qdiff_lib study --profile full")
         assert s["git_commit"] and len(s["loss_curve"]) >= 1 and math.isfinite(s["final_loss"])
+        assert study.decode_preview(s["preview"]).shape[0] == study.PREVIEW_N, f"{path.name} has no sample preview"
 
 
 @pytest.mark.slow
@@ -260,3 +289,6 @@ def test_committed_full_run_is_reproduced(tmp_path):
     for name in sorted(want):
         np.testing.assert_allclose(have[name], want[name], rtol=1e-4, atol=1e-10,
                                    err_msg=f"metric {name} of {path.name}")
+    # the samples themselves: the committed 8-bit preview, within one quantisation level
+    np.testing.assert_allclose(study.decode_preview(got["preview"]), study.decode_preview(ref["preview"]),
+                               rtol=0, atol=1 / 127.5 + 1e-6, err_msg=f"sample preview of {path.name}")
