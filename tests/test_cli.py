@@ -13,7 +13,10 @@ import torch
 from qdiff_lib import REPO_ROOT, data
 from qdiff_lib.cli import CHECKPOINT_DIR, RESULT_NAME, SAMPLES_NAME, build_parser, main
 
-pytestmark = pytest.mark.skipif(data.find_file("mnist.npz") is None, reason="mnist.npz is not on disk")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(data.find_file("mnist.npz") is None, reason="mnist.npz is not on disk"),
+]
 
 TINY = [
     "run", "--dataset", "mnist", "--label", "3", "--n-train", "6", "--n-ref", "8", "--bottleneck", "se",
@@ -27,16 +30,6 @@ REQUIRED_OPTIONS = [
     "--no-metrics",
 ]
 
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 3-8 images gain nothing from intra-op threads, and on a loaded 2-core machine two threads
-    spin against each other (measured: a 30-step run took 39 s wall with 2 threads against 5 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def _read(out):
     record = json.loads((out / RESULT_NAME).read_text())

@@ -16,16 +16,8 @@ from qdiff_lib.train import (
 )
 from qdiff_lib.unet import UNet
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 3-8 images gain nothing from intra-op threads, and on a loaded 2-core machine two threads
-    spin against each other (measured: a 30-step run took 39 s wall with 2 threads against 5 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def _images(n: int = 10) -> torch.Tensor:
     """Deterministic 'digits': a bright vertical bar at a few positions on a dark background."""

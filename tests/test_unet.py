@@ -17,14 +17,7 @@ from qdiff_lib.unet import (
     timestep_embedding,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 2-3 images gain nothing from intra-op threads; on a loaded 2-core machine two threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(batch: int = 3, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
