@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "training": "bench.bench_training",  # a training step of each arm (none, se, quantum 8 and 16 qubits)
     "sampling": "bench.bench_sampling",  # DDPM 1000 steps against DDIM 50: speed and metrics
     "memory": "bench.bench_memory",  # peak memory of the quantum layer against n_qubits, the memory guard
+    "metrics": "bench.bench_metrics",  # cost of one evaluation and its parts (no alternative timed: a budget)
 }
 
 
