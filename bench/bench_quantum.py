@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pennylane as qml
 import torch
 
+from bench.common import save_json
 from qdiff_lib.quantum import ANSATZE, QuantumLayer, make_qnode, weight_shape
 
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated among default,lightning,loop")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; 1 is steadier on a shared machine)")
+    parser.add_argument("--json", default=None, help="also write the table (and every timing) to this JSON file")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -104,12 +106,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print("| qubits | contender | median s | runs | ratio to ours |")
     print("|---|---|---|---|---|")
+    rows = []
     for n_qubits in (int(q) for q in args.qubits.split(",")):
         times = run(args.ansatz, n_qubits, args.layers, args.batch, args.repeats, args.slow_repeats, dtype, skip)
         ours = statistics.median(times["ours"])
         for name, ts in times.items():
             med = statistics.median(ts)
             print(f"| {n_qubits} | {name} | {med:.4f} | {len(ts)} | {med / ours:.1f}x |", flush=True)
+            rows.append({"qubits": n_qubits, "implementation": name, "median_s": med, "runs": len(ts),
+                         "ratio_to_ours": med / ours, "times_s": ts})
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("qubits", "layers", "batch", "ansatz", "repeats", "slow_repeats",
+                                                  "dtype", "skip")}
+        settings["threads"] = torch.get_num_threads()
+        save_json(args.json, "quantum", rows, settings)
     return 0
 
 
