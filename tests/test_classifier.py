@@ -46,6 +46,21 @@ def test_training_is_deterministic_and_leaves_global_rng_alone():
     assert not torch.equal(a.net.head.weight, c.net.head.weight)
 
 
+def test_weights_do_not_depend_on_the_callers_thread_count():
+    """Training pins TRAIN_THREADS: the cached weights are the same whichever process trains them first."""
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            weights.append(classifier.train_classifier("breastmnist", TINY, progress=False).net.state_dict())
+            assert torch.get_num_threads() == threads, "the caller's thread count was not restored"
+    finally:
+        torch.set_num_threads(before)
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+
+
 def test_pathmnist_offline_holds_out_part_of_the_training_subset():
     if data.find_file("pathmnist.npz") is not None:
         pytest.skip("full PathMNIST present: it has a test split")
