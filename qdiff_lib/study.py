@@ -207,10 +207,12 @@ def encode_preview(samples: np.ndarray | torch.Tensor, n: int = PREVIEW_N) -> di
 
     The quantisation error is at most 1/255 of the [-1, 1] range; :func:`decode_preview` inverts it.
     """
+    from qdiff_lib.data import to_uint8
+
     x = torch.as_tensor(np.asarray(samples[:n], dtype=np.float32))
     if x.dim() != 4:
         raise ValueError(f"samples: expected (N, C, H, W), got {tuple(x.shape)}")
-    q = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    q = np.ascontiguousarray(to_uint8(x).transpose(0, 3, 1, 2))  # back to (N, C, H, W)
     return {"shape": list(q.shape), "encoding": "uint8 round((x + 1) * 127.5), base64",
             "data": base64.b64encode(q.tobytes()).decode("ascii")}
 
