@@ -16,7 +16,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["bootstrap_ci", "paired_comparison", "format_interval", "table_with_intervals"]
+__all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "verdict", "VERDICTS", "format_interval", "table_with_intervals"]
+
+#: The three verdicts of :func:`verdict`.
+VERDICTS = ("holds", "does not hold", "inconclusive at this power")
 
 BOOTSTRAP_METHODS = ("percentile", "basic", "bca")
 
@@ -125,6 +128,65 @@ def paired_comparison(
         "n_a_greater": int((d > 0).sum()),
         "alpha": alpha,
     }
+
+
+def paired_by(
+    frame: pd.DataFrame,
+    factor: str,
+    a: str,
+    b: str,
+    keys: str | Sequence[str],
+    value: str,
+    alpha: float = 0.05,
+    min_pairs: int = 2,
+) -> tuple[dict | None, pd.DataFrame]:
+    """Compare level ``a`` of column ``factor`` with level ``b``, paired on ``keys``, with :func:`paired_comparison`.
+
+    ``frame`` has one row per run (e.g. columns ``arm``, ``label``, ``seed``, ``kid``). The rows whose ``factor`` is
+    ``a`` are matched with those whose ``factor`` is ``b`` and that share every column of ``keys`` (e.g. the same
+    digit and seed); keys present under only one of the two levels are dropped. Each (keys, level) must occur at
+    most once: a duplicate means the keys do not identify a run, and would otherwise be averaged silently.
+
+    Returns ``(comparison, pairs)``: ``pairs`` is a DataFrame indexed by ``keys`` with the columns ``a`` and ``b``
+    (the matched values); ``comparison`` is ``paired_comparison(pairs[a], pairs[b], alpha)`` (so ``a - b``), or
+    ``None`` when there are fewer than ``min_pairs`` pairs (including when one level is absent).
+    """
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    missing = [c for c in [factor, value, *keys] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"paired_by: unknown column(s) {missing}; allowed: {list(frame.columns)}")
+    if min_pairs < 2:
+        raise ValueError(f"paired_by: min_pairs must be at least 2, got {min_pairs}")
+    sub = frame[frame[factor].isin([a, b])]
+    dup = sub.duplicated(subset=[*keys, factor], keep=False)
+    if dup.any():
+        first = sub.loc[dup, [*keys, factor]].drop_duplicates().head(3).to_dict("records")
+        raise ValueError(f"paired_by: keys {keys} do not identify one run per {factor!r} level; duplicated: {first}")
+    wide = sub.pivot(index=keys, columns=factor, values=value) if len(sub) else pd.DataFrame()
+    for level in (a, b):
+        if level not in wide:
+            wide[level] = np.nan
+    pairs = wide[[a, b]].dropna()
+    pairs.columns.name = None
+    if len(pairs) < min_pairs:
+        return None, pairs
+    return paired_comparison(pairs[a].to_numpy(), pairs[b].to_numpy(), alpha=alpha), pairs
+
+
+def verdict(comparison: Mapping | None, lower_is_better: bool = True) -> str:
+    """The book's rule for a claim "``a`` is better than ``b``", from ``paired_comparison(a, b)``.
+
+    ``"holds"`` when the whole (1 - alpha) Student-t interval of ``a - b`` lies on the better side of 0 (below 0
+    when ``lower_is_better``, as for KID and FID), ``"does not hold"`` when it lies wholly on the worse side, and
+    ``"inconclusive at this power"`` when it contains 0 or there is no comparison (``None``).
+    """
+    if comparison is None:
+        return VERDICTS[2]
+    low, high = comparison["ci_low"], comparison["ci_high"]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return VERDICTS[2]
+    better, worse = (high < 0, low > 0) if lower_is_better else (low > 0, high < 0)
+    return VERDICTS[0] if better else VERDICTS[1] if worse else VERDICTS[2]
 
 
 def format_interval(mean: float, low: float, high: float, digits: int = 3) -> str:

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from qdiff_lib.stats import bootstrap_ci, format_interval, paired_comparison, table_with_intervals
+from qdiff_lib.stats import (
+    VERDICTS,
+    bootstrap_ci,
+    format_interval,
+    paired_by,
+    paired_comparison,
+    table_with_intervals,
+    verdict,
+)
 
 
 def test_bootstrap_ci_matches_normal_theory_for_large_samples():
@@ -78,3 +86,59 @@ def test_table_with_intervals_groups_by_configuration():
     assert isinstance(table_with_intervals(pd.DataFrame(rows), by=["arm"], n_boot=200, as_string=True), str)
     with pytest.raises(ValueError, match="unknown metric column"):
         table_with_intervals(rows, by="arm", metrics=["fid"])
+
+
+def _runs():
+    """One row per run: arm x digit x seed, with an arm 'x' missing digit 2 and a run lacking its partner."""
+    rows = []
+    for digit in (0, 1, 2):
+        for seed in (0, 1, 2):
+            rows.append({"arm": "se", "digit": digit, "seed": seed, "kid": 10.0 * digit + seed})
+            if digit != 2:
+                rows.append({"arm": "q", "digit": digit, "seed": seed, "kid": 10.0 * digit + seed - 1 - 0.5 * seed})
+    rows.append({"arm": "none", "digit": 0, "seed": 0, "kid": 99.0})
+    return pd.DataFrame(rows)
+
+
+def test_paired_by_matches_explicit_pairing():
+    frame = _runs()
+    c, pairs = paired_by(frame, "arm", "q", "se", ["digit", "seed"], "kid")
+    # Digit 2 has no 'q' run: 6 pairs from digits 0 and 1, in key order.
+    assert list(pairs.index) == [(d, s) for d in (0, 1) for s in (0, 1, 2)]
+    assert list(pairs.columns) == ["q", "se"]
+    q = [10.0 * d + s - 1 - 0.5 * s for d in (0, 1) for s in (0, 1, 2)]
+    se = [10.0 * d + s for d in (0, 1) for s in (0, 1, 2)]
+    expected = paired_comparison(q, se)
+    assert c == pytest.approx(expected, nan_ok=True)
+    assert c["mean_diff"] == pytest.approx(-1.5)
+    # Swapping the levels negates the difference.
+    c2, _ = paired_by(frame, "arm", "se", "q", ("digit", "seed"), "kid")
+    assert c2["mean_diff"] == pytest.approx(1.5)
+
+
+def test_paired_by_too_few_pairs_and_bad_input():
+    frame = _runs()
+    c, pairs = paired_by(frame, "arm", "none", "se", ["digit", "seed"], "kid")
+    assert c is None and len(pairs) == 1  # one pair only: no comparison, the pair still returned
+    c, pairs = paired_by(frame, "arm", "absent", "se", ["digit", "seed"], "kid")
+    assert c is None and len(pairs) == 0
+    with pytest.raises(ValueError, match="unknown column.*'fid'"):
+        paired_by(frame, "arm", "q", "se", ["digit", "seed"], "fid")
+    # Pairing on the digit alone leaves three runs per (digit, arm): refused rather than averaged.
+    with pytest.raises(ValueError, match="do not identify one run"):
+        paired_by(frame, "arm", "q", "se", "digit", "kid")
+
+
+def test_verdict_rule():
+    def c(low, high):
+        return {"ci_low": low, "ci_high": high}
+
+    assert verdict(c(-3.0, -1.0)) == "holds"
+    assert verdict(c(1.0, 3.0)) == "does not hold"
+    assert verdict(c(-1.0, 1.0)) == "inconclusive at this power"
+    assert verdict(c(1.0, 3.0), lower_is_better=False) == "holds"
+    assert verdict(c(-3.0, -1.0), lower_is_better=False) == "does not hold"
+    assert verdict(None) == verdict(c(float("nan"), float("nan"))) == VERDICTS[2]
+    # From real comparisons: a clear improvement and no difference at all.
+    assert verdict(paired_comparison([1.0, 2.0, 3.0], [2.0, 3.1, 3.9])) == "holds"
+    assert verdict(paired_comparison([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])) == VERDICTS[2]
