@@ -37,6 +37,7 @@ from torch import nn
 
 from qdiff_lib import REPO_ROOT, __version__, schedules
 from qdiff_lib._io import atomic_write
+from qdiff_lib._memory import release_memory
 from qdiff_lib.diffusion import SAMPLERS, Diffusion
 from qdiff_lib.noise import NOISE_SOURCES, make_noise_source
 from qdiff_lib.train import NonFiniteError, TrainConfig, checkpoint_mismatch, resolve_device, train
@@ -171,6 +172,7 @@ def _draw_samples(model: nn.Module, options: RunOptions, in_channels: int, devic
                 generator=generator, noise_source=noise_source, progress=progress,
             ).cpu()
         )
+        release_memory()  # see qdiff_lib._memory: freed activations of the batch go back to the OS
     return torch.cat(chunks)
 
 
