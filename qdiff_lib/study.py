@@ -316,6 +316,19 @@ def run_study(study: str, profile_name: str = "ci", root: str | os.PathLike | No
     return load_results(profile_name, study, root)
 
 
+def recompute_cost_s(summary: dict[str, Any]) -> float:
+    """Seconds that recomputing ``summary``'s run from scratch takes, estimated from its recorded timings.
+
+    ``timings.train_s`` is the wall time of the last call only, so for a run resumed from a checkpoint it counts just
+    the resumed steps; the per-step time times the run's steps, plus sampling and metrics, holds for both.
+    """
+    t = summary["timings"]
+    steps = summary["options"]["steps"]
+    if t.get("per_step_s") is None or steps is None:  # nothing was trained in the last call, or an epochs budget
+        return float(t["total_s"] if "total_s" in t else t["train_s"])  # an underestimate: the call only sampled
+    return float(t["per_step_s"] * steps + t.get("sample_s", 0.0) + t.get("metrics_s", 0.0))
+
+
 def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
     o = summary["options"]
     row = {

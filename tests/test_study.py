@@ -1,7 +1,7 @@
 """Tests of qdiff_lib.study (grids, run keys, resume, result files) and the CI re-check of a committed full run.
 
 The re-check (:func:`test_committed_full_run_is_reproduced`) recomputes the cheapest committed full-profile run
-(smallest ``timings.train_s`` under ``results/full/``) from its recorded options and compares its loss curve and
+(smallest :func:`qdiff_lib.study.recompute_cost_s` under ``results/full/``) from its recorded options and compares its loss curve and
 metrics with the committed file: the numbers the book's verdicts rest on are re-derived in every CI run.
 """
 
@@ -213,12 +213,28 @@ def test_load_results_flattens_metrics(tmp_path):
     assert list(df["key"]) == ["a", "b"]
     row = df.iloc[0]
     assert (row["kid"], row["kid_se"], row["fid"], row["class_consistency"]) == (0.1, 0.01, 30.0, 0.9)
-    assert row["n_samples"] == 4 and row["train_s"] == 1.5  # the option, not the metrics' bookkeeping and row["final_loss"] == 0.5
+    assert row["n_samples"] == 4  # the option, not the metrics' bookkeeping
+    assert row["train_s"] == 1.5 and row["final_loss"] == 0.5
     assert "fid_se" not in df.columns and "subset_std" not in df.columns
     assert load_results("full", "mnist", tmp_path).empty
 
 
 # ------------------------------------------------------------------------------ CI re-check of committed results
+
+
+def test_recompute_cost_counts_every_step_of_a_resumed_run():
+    options = {"steps": 2000}
+    fresh = {"options": options, "timings": {"train_s": 200.0, "per_step_s": 0.1, "sample_s": 12.0,
+                                             "metrics_s": 1.0, "total_s": 213.0}}
+    # resumed at step 1500: the call trained 500 steps in 50 s, but recomputing means all 2000 steps
+    resumed = {"options": options, "timings": {"train_s": 50.0, "per_step_s": 0.1, "sample_s": 12.0,
+                                               "metrics_s": 1.0, "total_s": 63.0}}
+    assert study.recompute_cost_s(fresh) == pytest.approx(213.0)
+    assert study.recompute_cost_s(resumed) == pytest.approx(213.0)
+    # a call that found training finished (per_step_s None) falls back on its total
+    done = {"options": options, "timings": {"train_s": 0.1, "per_step_s": None, "sample_s": 12.0,
+                                            "metrics_s": 1.0, "total_s": 13.1}}
+    assert study.recompute_cost_s(done) == pytest.approx(13.1)
 
 
 def _committed_full_runs() -> list[Path]:
@@ -265,7 +281,7 @@ def test_committed_full_run_is_reproduced(tmp_path):
         pytest.skip("no full-profile result committed under results/full/ yet: nothing to re-check "
                     "(the re-check runs for real once `make study` results are committed)")
     committed = {p: json.loads(p.read_text()) for p in files}
-    path = min(committed, key=lambda p: (committed[p]["timings"]["train_s"], p.name))
+    path = min(committed, key=lambda p: (study.recompute_cost_s(committed[p]), p.name))
     ref = committed[path]
     options = cli.RunOptions(**ref["options"])
     if ref["device"] != "cpu":
