@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "verdict", "VERDICTS", "format_interval", "table_with_intervals"]
+__all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "verdict", "VERDICTS", "holm_adjust", "format_interval",
+           "table_with_intervals"]
 
 #: The three verdicts of :func:`verdict`.
 VERDICTS = ("holds", "does not hold", "inconclusive at this power")
@@ -187,6 +188,28 @@ def verdict(comparison: Mapping | None, lower_is_better: bool = True) -> str:
         return VERDICTS[2]
     better, worse = (high < 0, low > 0) if lower_is_better else (low > 0, high < 0)
     return VERDICTS[0] if better else VERDICTS[1] if worse else VERDICTS[2]
+
+
+def holm_adjust(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values, for a family of tests (Holm, Scand. J. Statist. 6, 65, 1979).
+
+    Sorted ascending, the i-th smallest of m p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting
+    where the adjusted value is below alpha keeps the chance of *any* false rejection in the family at most alpha,
+    whatever the dependence between the tests. NaN entries (no test) stay NaN and do not count in m.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be one-dimensional, got shape {p.shape}")
+    finite = ~np.isnan(p)
+    if np.any((p[finite] < 0) | (p[finite] > 1)):
+        raise ValueError(f"p-values must lie in [0, 1], got {p[finite][(p[finite] < 0) | (p[finite] > 1)].tolist()}")
+    out = np.full_like(p, np.nan)
+    idx = np.flatnonzero(finite)
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = len(order)
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
 
 
 def format_interval(mean: float, low: float, high: float, digits: int = 3) -> str:

@@ -11,6 +11,7 @@ from qdiff_lib.stats import (
     VERDICTS,
     bootstrap_ci,
     format_interval,
+    holm_adjust,
     paired_by,
     paired_comparison,
     table_with_intervals,
@@ -142,3 +143,28 @@ def test_verdict_rule():
     # From real comparisons: a clear improvement and no difference at all.
     assert verdict(paired_comparison([1.0, 2.0, 3.0], [2.0, 3.1, 3.9])) == "holds"
     assert verdict(paired_comparison([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])) == VERDICTS[2]
+
+
+def test_holm_adjust_matches_its_definition_and_controls_the_familywise_error():
+    # worked example: sorted p = 0.01, 0.02, 0.03, 0.04 with m = 4 -> 0.04, 0.06, 0.06, 0.06 (running maximum)
+    np.testing.assert_allclose(holm_adjust([0.03, 0.01, 0.04, 0.02]), [0.06, 0.04, 0.06, 0.06])
+    np.testing.assert_allclose(holm_adjust([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    got = holm_adjust([0.2, float("nan"), 0.01])  # NaN: no test, not counted in m = 2
+    assert np.isnan(got[1]) and np.allclose(got[[0, 2]], [0.2, 0.02])
+    # brute force: Holm rejects H_(i) iff p_(j) <= alpha / (m - j + 1) for every j <= i
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.uniform(0, 0.1, size=rng.integers(1, 8))
+        order = np.argsort(p)
+        m, step_down, still = len(p), np.zeros(len(p), bool), True
+        for j, k in enumerate(order):
+            still = still and p[k] <= 0.05 / (m - j)
+            step_down[k] = still
+        np.testing.assert_array_equal(holm_adjust(p) <= 0.05, step_down)
+    # family-wise error under the global null: independent uniform p-values, m = 10
+    p = rng.uniform(size=(4000, 10))
+    any_rejected = np.array([(holm_adjust(row) < 0.05).any() for row in p])
+    assert any_rejected.mean() < 0.05 + 3 * math.sqrt(0.05 * 0.95 / 4000)  # uncorrected: 1 - 0.95**10 = 40%
+    assert (p < 0.05).any(axis=1).mean() > 0.35
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([0.5, 1.5])
