@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "verdict", "VERDICTS", "holm_adjust", "format_interval",
-           "table_with_intervals"]
+__all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "sign_comparison", "verdict", "VERDICTS", "holm_adjust",
+           "format_interval", "table_with_intervals"]
 
 #: The three verdicts of :func:`verdict`.
 VERDICTS = ("holds", "does not hold", "inconclusive at this power")
@@ -174,20 +174,47 @@ def paired_by(
     return paired_comparison(pairs[a].to_numpy(), pairs[b].to_numpy(), alpha=alpha), pairs
 
 
-def verdict(comparison: Mapping | None, lower_is_better: bool = True) -> str:
+def verdict(comparison: Mapping | None, lower_is_better: bool = True, null: float = 0.0) -> str:
     """The book's rule for a claim "``a`` is better than ``b``", from ``paired_comparison(a, b)``.
 
-    ``"holds"`` when the whole (1 - alpha) Student-t interval of ``a - b`` lies on the better side of 0 (below 0
-    when ``lower_is_better``, as for KID and FID), ``"does not hold"`` when it lies wholly on the worse side, and
-    ``"inconclusive at this power"`` when it contains 0 or there is no comparison (``None``).
+    ``"holds"`` when the whole (1 - alpha) Student-t interval of ``a - b`` lies on the better side of ``null`` (below
+    0 when ``lower_is_better``, as for KID and FID), ``"does not hold"`` when it lies wholly on the worse side, and
+    ``"inconclusive at this power"`` when it contains ``null`` or there is no comparison (``None``). For
+    :func:`sign_comparison`, whose interval is the share of pairs in which ``a`` is lower, use
+    ``lower_is_better=False, null=0.5``.
     """
     if comparison is None:
         return VERDICTS[2]
     low, high = comparison["ci_low"], comparison["ci_high"]
     if not (np.isfinite(low) and np.isfinite(high)):
         return VERDICTS[2]
-    better, worse = (high < 0, low > 0) if lower_is_better else (low > 0, high < 0)
+    better, worse = (high < null, low > null) if lower_is_better else (low > null, high < null)
     return VERDICTS[0] if better else VERDICTS[1] if worse else VERDICTS[2]
+
+
+def sign_comparison(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> dict:
+    """Scale-free paired comparison: the share of pairs in which ``a < b``, with its exact interval and sign test.
+
+    For pairs whose values live on different scales (KIDs of different datasets, each in its own feature space)
+    or can be at or below 0 (an unbiased KID under sampling noise), where neither the mean difference nor the log
+    ratio is meaningful. Ties are dropped, as in the sign test. Returns ``n`` (untied pairs), ``n_ties``,
+    ``n_a_lower``, ``share_a_lower``, its Clopper-Pearson ``ci_low``/``ci_high`` at level 1 - ``alpha`` and the
+    two-sided exact binomial ``pvalue`` against a share of 1/2 (NaN where no pair is untied).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"sign_comparison needs two 1-D arrays of one length, got shapes {a.shape} and {b.shape}")
+    if np.isnan(a).any() or np.isnan(b).any():
+        raise ValueError("sign_comparison: NaN values; drop unpaired entries first (see paired_by)")
+    d = a - b
+    n, k = int((d != 0).sum()), int((d < 0).sum())
+    out = {"n": n, "n_ties": int(len(d) - n), "n_a_lower": k}
+    if n == 0:
+        return {**out, "share_a_lower": np.nan, "ci_low": np.nan, "ci_high": np.nan, "pvalue": np.nan}
+    test = stats.binomtest(k, n, 0.5)
+    ci = test.proportion_ci(confidence_level=1 - alpha, method="exact")
+    return {**out, "share_a_lower": k / n, "ci_low": float(ci.low), "ci_high": float(ci.high),
+            "pvalue": float(test.pvalue)}
 
 
 def holm_adjust(pvalues: Sequence[float]) -> np.ndarray:

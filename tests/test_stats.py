@@ -12,6 +12,7 @@ from qdiff_lib.stats import (
     bootstrap_ci,
     format_interval,
     holm_adjust,
+    sign_comparison,
     paired_by,
     paired_comparison,
     table_with_intervals,
@@ -168,3 +169,38 @@ def test_holm_adjust_matches_its_definition_and_controls_the_familywise_error():
     assert (p < 0.05).any(axis=1).mean() > 0.35
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         holm_adjust([0.5, 1.5])
+
+
+def test_sign_comparison_against_the_binomial_distribution():
+    # all 15 pairs favour a: Clopper-Pearson lower bound solves P(X >= 15 | p) = 0.025, i.e. p^15 = 0.025
+    c = sign_comparison(np.arange(15.0), np.arange(15.0) + 1)
+    assert (c["n"], c["n_a_lower"], c["share_a_lower"]) == (15, 15, 1.0)
+    assert c["ci_low"] == pytest.approx(0.025 ** (1 / 15)) and c["ci_high"] == 1.0
+    assert c["pvalue"] == pytest.approx(2 * 0.5**15)
+    assert verdict(c, lower_is_better=False, null=0.5) == "holds"
+    # 0 of 15: the mirror image, and the verdict flips
+    c = sign_comparison(np.ones(15), np.zeros(15))
+    assert c["n_a_lower"] == 0 and c["ci_high"] == pytest.approx(1 - 0.025 ** (1 / 15)) and c["ci_low"] == 0.0
+    assert verdict(c, lower_is_better=False, null=0.5) == "does not hold"
+    # 1 of 15: two-sided p = 2 P(X <= 1) = 2 * 16 / 2^15
+    c = sign_comparison(np.r_[0.0, np.ones(14)], np.r_[1.0, np.zeros(14)])
+    assert c["n_a_lower"] == 1 and c["pvalue"] == pytest.approx(2 * 16 * 0.5**15)
+    assert sps.binom.cdf(1, 15, c["ci_high"]) == pytest.approx(0.025)
+    # scale-free: multiplying one pair by 1e6 changes nothing, a negative value is fine; ties are dropped
+    a, b = np.array([1.0, -2.0, 3e6, 5.0, 7.0]), np.array([2.0, -1.0, 4e6, 4.0, 7.0])
+    c = sign_comparison(a, b)
+    assert (c["n"], c["n_ties"], c["n_a_lower"]) == (4, 1, 3)
+    # the interval is exact: the bounds are where the binomial tail probabilities equal alpha / 2
+    assert sps.binom.sf(2, 4, c["ci_low"]) == pytest.approx(0.025)  # P(X >= 3 | low)
+    assert sps.binom.cdf(3, 4, c["ci_high"]) == pytest.approx(0.025)  # P(X <= 3 | high)
+    assert verdict(c, lower_is_better=False, null=0.5) == "inconclusive at this power"
+    assert math.isnan(sign_comparison([1.0], [1.0])["share_a_lower"])
+    with pytest.raises(ValueError, match="one length"):
+        sign_comparison([1.0, 2.0], [1.0])
+
+
+def test_verdict_with_a_null_other_than_zero():
+    assert verdict({"ci_low": 0.6, "ci_high": 0.9}, lower_is_better=False, null=0.5) == "holds"
+    assert verdict({"ci_low": 0.1, "ci_high": 0.4}, lower_is_better=False, null=0.5) == "does not hold"
+    assert verdict({"ci_low": 0.1, "ci_high": 0.9}, lower_is_better=False, null=0.5) == VERDICTS[2]
+    assert verdict({"ci_low": 0.6, "ci_high": 0.9}) == "does not hold"  # null 0, lower better: above 0 is worse
