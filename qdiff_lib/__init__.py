@@ -3,7 +3,14 @@
 A diffusion model whose lightweight U-Net carries a variational quantum circuit in its bottleneck.
 Modules: ``data`` (datasets), ``quantum`` (circuits and simulators), ``schedules`` (beta schedules),
 ``noise`` (Gaussian and quantum noise sources), ``unet``, ``diffusion``, ``train``, ``metrics``.
+
+Importing the package first pins the CPU numerics (:mod:`qdiff_lib.numerics`): it must happen before numpy,
+scipy or torch compute anything, so nothing is imported above it.
 """
+
+from qdiff_lib import numerics as _numerics
+
+_numerics.pin()
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qdiff_lib import data
+from qdiff_lib import data, numerics
 from qdiff_lib._io import atomic_write
 
 __all__ = [
@@ -262,10 +262,18 @@ def _train(dataset: str, recipe: ClassifierRecipe, progress: bool) -> TrainedCla
     return TrainedClassifier(net, data.dataset_info(dataset).name, acc, test_desc, recipe)
 
 
+def _numerics_tag() -> str:
+    """``pinned`` when this process runs the pinned kernels (:mod:`qdiff_lib.numerics`), else the CPU's level."""
+    if not numerics.check():
+        return "pinned"
+    return f"native-{torch.backends.cpu.get_cpu_capability()}"
+
+
 def _cache_path(dataset: str, recipe: ClassifierRecipe) -> Path:
     # The data source is part of the key: the offline PathMNIST subset and the full file give different weights.
+    # So are the numerics: weights trained with other kernels differ, and so would every metric computed with them.
     source = data.find_file(data.dataset_info(dataset).filename)
-    return cache_dir() / f"classifier_{dataset}_{recipe.hash(str(source is not None))}.pt"
+    return cache_dir() / f"classifier_{dataset}_{recipe.hash(str(source is not None) + _numerics_tag())}.pt"
 
 
 def _save(clf: TrainedClassifier, path: Path) -> None:

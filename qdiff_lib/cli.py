@@ -4,7 +4,9 @@
 
 * ``result.json``: ``config`` (every option, the training config and the model's settings), ``loss_history``
   (one loss per optimiser step), ``metrics`` (``qdiff_lib.metrics.evaluate``; ``{}`` with ``--no-metrics``),
-  ``versions``, ``git_commit``, ``timings`` (seconds), ``device``, ``n_parameters``, ``train``;
+  ``versions`` (of every package that produces a number), ``numerics`` (:func:`qdiff_lib.numerics.state`: the
+  pinned kernels, torch's threads, the CPU), ``git_commit``, ``git_dirty``, ``timings`` (seconds), ``device``,
+  ``n_parameters``, ``train``;
 * ``samples.npz``: key ``samples``, float32 ``(n_samples, C, 28, 28)`` in [-1, 1], drawn from the EMA model;
 * ``checkpoints/checkpoint.pt``: the training checkpoint. Re-running an interrupted command with the same
   options resumes from it.
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdiff_lib import REPO_ROOT, __version__, schedules
+from qdiff_lib import REPO_ROOT, __version__, numerics, schedules
 from qdiff_lib._io import atomic_write
 from qdiff_lib._memory import release_memory
 from qdiff_lib.diffusion import SAMPLERS, Diffusion
@@ -144,16 +146,22 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
-def _versions() -> dict[str, str | None]:
-    import pennylane
+#: Every package whose code produces a number of a run (training, sampling, metrics), recorded in its result.
+NUMERIC_PACKAGES = ("torch", "torchmetrics", "scipy", "numpy", "pennylane", "medmnist", "scikit-learn")
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pennylane": pennylane.__version__,
-        "numpy": np.__version__,
-        "qdiff_lib": __version__,
-    }
+
+def _versions() -> dict[str, str | None]:
+    """Python, qdiff_lib and every package of :data:`NUMERIC_PACKAGES` (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "qdiff_lib": __version__}
+    for name in NUMERIC_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    out["torch"] = torch.__version__  # the build tag too (e.g. 2.13.0+cpu)
+    return out
 
 
 @torch.no_grad()
@@ -261,6 +269,7 @@ def _execute(
         "n_reference": len(reference),
         "device": str(device),
         "versions": _versions(),
+        "numerics": numerics.state(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if (status := _git("status", "--porcelain")) is None else bool(status),
         "timings": {
@@ -349,15 +358,37 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                           help="skip qdiff_lib.metrics.evaluate (result.json gets metrics = {})")
 
     output = p.add_argument_group("output")
+    add_threads_argument(output)
     output.add_argument("--out", required=True, type=Path, help="output folder DIR")
     output.add_argument("--force", action="store_true", help="overwrite DIR/result.json and discard its checkpoint")
     output.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def add_threads_argument(group) -> None:
+    """``--threads N``: torch's intra-op threads; part of the numerics (a run reproduces with the same count)."""
+    group.add_argument(
+        "--threads", type=_positive_int, default=1,
+        help="torch threads of the run (default: %(default)s). The bits of a run depend on it: committed results "
+             "use 1; more threads are faster but reproduce only with the same count",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qdiff_lib",
         description="Experiments of the companion to arXiv:2504.00034 (quantum-bottleneck diffusion).",
+        epilog=f"CPU numerics are pinned to AVX2 kernels so that results reproduce on every x86-64 CPU; set "
+               f"{numerics.SWITCH}=native for the CPU's fastest kernels (see qdiff_lib.numerics).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_parser = sub.add_parser(
@@ -373,12 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     study.add_arguments(study_parser)
+    add_threads_argument(study_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        numerics.mode()
+    except ValueError as error:
+        parser.error(str(error))
+    torch.set_num_threads(args.threads)
+    for problem in numerics.check():
+        print(f"{parser.prog}: numerics not pinned: {problem}", file=sys.stderr)
     if args.command == "study":
         from qdiff_lib import study
 
@@ -386,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     values = vars(args)
     out, force, progress = values.pop("out"), values.pop("force"), not values.pop("no_progress")
     values.pop("command")
+    values.pop("threads")
     if values["epochs"] is not None:
         values["steps"] = None
     if not isinstance(values["noise_kwargs"], dict):

@@ -195,7 +195,9 @@ def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
         "device": record["device"],
         "torch_threads": torch.get_num_threads(),
         "versions": record["versions"],
+        "numerics": record.get("numerics"),
         "git_commit": record["git_commit"],
+        "git_dirty": record.get("git_dirty"),
         "command": command,
     }
 

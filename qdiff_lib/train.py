@@ -248,7 +248,6 @@ def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
-@torch.no_grad()
 def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     """EMA decay used after optimiser step ``step`` (1-based): ``min(decay, (1 + step) / (10 + step))`` with warm-up."""
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
@@ -262,6 +261,7 @@ def ema_initial_share(steps: int, decay: float, warmup: bool = True) -> float:
     return share
 
 
+@torch.no_grad()  # else every update joins the autograd graph of p, and the EMA's graph grows every step
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
         if p.requires_grad:

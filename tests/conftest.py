@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import qdiff_lib  # noqa: F401  (first: pins the CPU numerics before numpy, scipy or torch compute anything)
 import pytest
 import torch
 

@@ -195,6 +195,31 @@ def test_ema_is_the_moving_average_of_the_weights():
     torch.testing.assert_close(result.ema_model.out.bias, 2 / 11 * w0 + 9 / 11 * result.model.out.bias)
 
 
+def _graph_nodes(tensor: torch.Tensor) -> int:
+    """Number of autograd nodes reachable from ``tensor.grad_fn`` (0 for a tensor outside any graph)."""
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
+
+
+def test_ema_records_no_autograd_history():
+    """The EMA is updated outside autograd: no EMA parameter requires grad or carries a graph after training, so
+    its memory does not grow with steps (before the fix, each step added nodes: AddBackward0 -> MulBackward0 ...)."""
+    sizes = {}
+    for steps in (3, 9):
+        result = train(_model(), _images(), _config(steps=steps, checkpoint_every=0), progress=False)
+        for name, p in result.ema_model.named_parameters():
+            assert not p.requires_grad, f"EMA parameter {name} requires grad"
+            assert p.grad_fn is None, f"EMA parameter {name} carries autograd history ({p.grad_fn})"
+        sizes[steps] = sum(_graph_nodes(p) for p in result.ema_model.parameters())
+    assert sizes == {3: 0, 9: 0}, f"autograd nodes held by the EMA after 3 and 9 steps: {sizes}"
+
+
 def test_budget_in_steps_or_epochs():
     assert TrainConfig().total_steps(100) == 2000
     assert TrainConfig(steps=7).total_steps(100) == 7
