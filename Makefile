@@ -7,6 +7,11 @@ SHELL := /bin/bash
 VENV    ?= .venv
 PYTHON  ?= python3
 PROFILE ?= ci
+# Where pip finds torch's CPU build (the default PyPI wheel of torch for Linux is the CUDA build, gigabytes of
+# nvidia-* packages). Set TORCH_INDEX_URL= (empty) where the CPU wheel is found otherwise (a local wheel folder, a
+# mirror), or another index for another build.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 BIN     := $(abspath $(VENV))/bin
 PY      := $(BIN)/python
 PIP     := $(PY) -m pip
@@ -14,6 +19,7 @@ PIP     := $(PY) -m pip
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 # CPU results depend on torch's thread count in the last bits: pin it, so stored chapter outputs re-validate.
+# The SIMD kernels are pinned by qdiff_lib itself on import (qdiff_lib/numerics.py; QDIFF_NUMERICS=native opts out).
 export OMP_NUM_THREADS := 2
 
 CHAPTERS = $(shell $(PY) tools/toc_chapters.py)
@@ -28,7 +34,12 @@ help:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || { \
+	  echo "make: Python 3.11 or newer is needed (the pinned numpy, scipy and pandas require it); $(PYTHON) is" \
+	       "$$($(PYTHON) --version 2>&1 || echo 'not found'). Run with PYTHON=python3.11 (or newer)." >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check --no-deps "$(TORCH_PIN)" \
+	    $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(PIP) install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
