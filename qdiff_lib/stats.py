@@ -4,6 +4,8 @@ A configuration (dataset, class, N, arm) is trained with several seeds; each see
 metric. With 5 seeds, intervals are wide and the tests weak: that is the honest state of the evidence, and the
 helpers here report it rather than hide it. Arms trained with the same seed share data draws and initialisation
 of the shared parts, so arms are compared *paired* by seed.
+
+The claim-level verdicts built on these primitives live in :mod:`qdiff_lib.verdicts`.
 """
 
 from __future__ import annotations
@@ -293,3 +295,8 @@ def table_with_intervals(
         rows.append(row)
     table = pd.DataFrame(rows).set_index(by)
     return table.to_string() if as_string else table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arms compared from a results table, equivalence, power, and one verdict per claim
+# --------------------------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from qdiff_lib.stats import (
     bootstrap_ci,
     format_interval,
     holm_adjust,
-    sign_comparison,
     paired_by,
     paired_comparison,
+    sign_comparison,
     table_with_intervals,
     verdict,
 )
@@ -204,3 +204,6 @@ def test_verdict_with_a_null_other_than_zero():
     assert verdict({"ci_low": 0.1, "ci_high": 0.4}, lower_is_better=False, null=0.5) == "does not hold"
     assert verdict({"ci_low": 0.1, "ci_high": 0.9}, lower_is_better=False, null=0.5) == VERDICTS[2]
     assert verdict({"ci_low": 0.6, "ci_high": 0.9}) == "does not hold"  # null 0, lower better: above 0 is worse
+
+
+# ------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""qdiff_lib.verdicts: comparisons of arms, equivalence, power and claim verdicts on constructed data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from qdiff_lib.stats import VERDICTS, holm_adjust, paired_comparison, sign_comparison, verdict
+from qdiff_lib.verdicts import (
+    CLAIM_VERDICTS,
+    claim_verdict,
+    claim_verdicts,
+    compare_arms,
+    compare_group_means,
+    equivalence_test,
+    minimum_detectable_effect,
+    tally,
+)
+
+
+def _runs():
+    """One row per run: arm x digit x seed, with an arm 'x' missing digit 2 and a run lacking its partner."""
+    rows = []
+    for digit in (0, 1, 2):
+        for seed in (0, 1, 2):
+            rows.append({"arm": "se", "digit": digit, "seed": seed, "kid": 10.0 * digit + seed})
+            if digit != 2:
+                rows.append({"arm": "q", "digit": digit, "seed": seed, "kid": 10.0 * digit + seed - 1 - 0.5 * seed})
+    rows.append({"arm": "none", "digit": 0, "seed": 0, "kid": 99.0})
+    return pd.DataFrame(rows)
+
+
+# compare_arms, equivalence, power and claim verdicts, on constructed data whose answer is known
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _standardised(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` fixed values with mean exactly 0 and sample sd exactly 1."""
+    z = np.random.default_rng(seed).normal(size=n)
+    return (z - z.mean()) / z.std(ddof=1)
+
+
+def _with_pvalue(p: float, n: int = 8, sign: float = -1.0, seed: int = 0) -> np.ndarray:
+    """Differences (sd 1) whose paired two-sided t test has p-value exactly ``p``, with the sign of ``sign``."""
+    return sign * sps.t.isf(p / 2, n - 1) / math.sqrt(n) + _standardised(n, seed)
+
+
+def _results(differences, a: str = "q", b: str = "se") -> pd.DataFrame:
+    """A long-format results table: difference i is run (label i // 3, seed i % 3) of ``a`` minus that of ``b``."""
+    rows = []
+    for i, d in enumerate(np.asarray(differences, dtype=float)):
+        base = 5.0 + 0.5 * i
+        for arm, value in ((b, base), (a, base + d)):
+            rows.append({"dataset": "mnist", "label": i // 3, "seed": i % 3, "arm": arm, "n_train": 64, "kid": value})
+    return pd.DataFrame(rows)
+
+
+def test_compare_arms_matches_its_parts():
+    frame = _runs()  # arm 'q' lacks digit 2; one 'none' run has no partner
+    c = compare_arms(frame, "q", "se", "kid", pair_on=("digit", "seed"), n_boot=500)
+    q = np.array([10.0 * d + s - 1 - 0.5 * s for d in (0, 1) for s in (0, 1, 2)])
+    se = np.array([10.0 * d + s for d in (0, 1) for s in (0, 1, 2)])
+    ref, sign = paired_comparison(q, se, n_boot=500), sign_comparison(q, se)
+    assert c["n"] == c["n_runs"] == 6 and c["units"] == ["digit", "seed"]
+    assert c["pair_keys"] == [(d, s) for d in (0, 1) for s in (0, 1, 2)]
+    for key in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "t_pvalue", "wilcoxon_pvalue", "cohens_dz"):
+        assert c[key] == pytest.approx(ref[key]), key
+    assert c["sd_diff"] == pytest.approx((q - se).std(ddof=1))
+    assert (c["n_a_lower"], c["share_a_lower"], c["sign_pvalue"]) == (sign["n_a_lower"], sign["share_a_lower"],
+                                                                      pytest.approx(sign["pvalue"]))
+    assert (c["share_ci_low"], c["share_ci_high"]) == pytest.approx((sign["ci_low"], sign["ci_high"]))
+    # digit 0, seed 0 has q = -1 < 0: no ratio
+    assert math.isnan(c["ratio"]) and math.isnan(c["ratio_low"])
+    # positive values: the ratio is the geometric mean of a / b with the t interval of the mean log ratio
+    frame = _results([-1.0, -0.5, -2.0, 0.3, -1.2])
+    c = compare_arms(frame, "q", "se", n_boot=200)
+    a, b = (frame[frame.arm == arm].sort_values(["label", "seed"])["kid"].to_numpy() for arm in ("q", "se"))
+    log = np.log(a) - np.log(b)
+    half = sps.t.ppf(0.975, 4) * log.std(ddof=1) / math.sqrt(5)
+    assert c["ratio"] == pytest.approx(np.exp(log.mean()))
+    assert (c["ratio_low"], c["ratio_high"]) == pytest.approx((np.exp(log.mean() - half), np.exp(log.mean() + half)))
+    assert c["ci_low"] < 0 < c["ci_high"]  # five noisy pairs: the old rule and the new read the same interval
+    assert verdict(c) == VERDICTS[2] and claim_verdict(c) == "inconclusive"
+
+
+def test_compare_group_means_averages_seeds_within_each_group():
+    rows = []
+    for label in range(4):
+        for seed in range(3):
+            rows.append({"label": label, "seed": seed, "arm": "se", "kid": 1.0 + label + 0.1 * seed})
+            rows.append({"label": label, "seed": seed, "arm": "q", "kid": 1.0 + label + 0.1 * seed - 0.2 * (label + 1)
+                         + 0.05 * seed * (-1) ** label})
+    rows.append({"label": 0, "seed": 9, "arm": "q", "kid": 100.0})  # no partner: left out of digit 0's mean
+    frame = pd.DataFrame(rows)
+    c = compare_group_means(frame, "q", "se", "kid", group="label", n_boot=200)
+    by = frame[frame.seed < 9].groupby(["arm", "label"])["kid"].mean()
+    ref = paired_comparison(by["q"].to_numpy(), by["se"].to_numpy(), n_boot=200)
+    assert (c["n"], c["n_runs"], c["units"], c["pair_keys"]) == (4, 12, ["label"], [(0,), (1,), (2,), (3,)])
+    assert c["mean_diff"] == pytest.approx(ref["mean_diff"]) and c["ci_low"] == pytest.approx(ref["ci_low"])
+    assert c["mean_diff"] == pytest.approx(-0.2 * np.mean([1, 2, 3, 4]))
+    assert compare_arms(frame, "q", "se", average_over="seed", n_boot=200)["ci_high"] == pytest.approx(ref["ci_high"])
+    with pytest.raises(ValueError, match=r"average_over column\(s\) \['n_train'\] are not pairing keys"):
+        compare_arms(frame, "q", "se", average_over="n_train")
+    with pytest.raises(ValueError, match="leaves no key to pair on"):
+        compare_arms(frame, "q", "se", average_over=("label", "seed"))
+    with pytest.raises(ValueError, match=r"group \['dataset'\] must be pairing keys"):
+        compare_group_means(frame, "q", "se", group="dataset")
+
+
+def test_compare_arms_without_pairs_is_inconclusive():
+    frame = _results([-1.0, -2.0, -1.5])
+    c = compare_arms(frame, "absent", "se")
+    assert c["n"] == 0 and c["pair_keys"] == [] and math.isnan(c["mean_diff"]) and math.isnan(c["t_pvalue"])
+    assert claim_verdict(c) == "inconclusive" and claim_verdict(None) == "inconclusive"
+    one = compare_arms(frame[frame.label == 0].head(2), "q", "se")  # one pair: no interval
+    assert one["n"] == 1 and claim_verdict(one, margin=10.0) == "inconclusive"
+    with pytest.raises(ValueError, match=r"unknown column\(s\) \['fid'\]"):
+        compare_arms(frame, "q", "se", metric="fid")
+
+
+def test_claim_verdicts_on_known_answers():
+    z = _standardised(10)
+    clear = compare_arms(_results(-1.0 + 0.1 * z), "q", "se")
+    assert claim_verdict(clear) == "holds"
+    assert claim_verdict(clear, lower_is_better=False) == "does not hold"
+    assert claim_verdict(compare_arms(_results(1.0 + 0.1 * z), "q", "se")) == "does not hold"
+    # three noisy pairs: the interval spans both signs, and TOST cannot show equivalence either
+    noisy = compare_arms(_results([-2.0, 1.5, -0.4]), "q", "se")
+    assert noisy["ci_low"] < 0 < noisy["ci_high"]
+    assert claim_verdict(noisy) == claim_verdict(noisy, margin=0.5) == "inconclusive"
+    # tight differences around 0: equivalent within a margin of 0.1, inconclusive without a margin
+    tight = compare_arms(_results(0.01 * z), "q", "se")
+    assert claim_verdict(tight) == "inconclusive"
+    assert claim_verdict(tight, margin=0.1) == "equivalent (no effect larger than margin)"
+    assert claim_verdict(tight, margin=(-0.1, 0.001)) == "inconclusive"  # the upper bound is too tight
+    # a paired_comparison result works too (the sd is recovered from its interval)
+    assert claim_verdict(paired_comparison(0.01 * z, np.zeros(10), n_boot=200), margin=0.1) == CLAIM_VERDICTS[2]
+    # basis "sign": all 12 pairs favour q although the raw differences span orders of magnitude
+    spread = compare_arms(_results(-np.logspace(-3, 2, 12)), "q", "se")
+    assert spread["share_a_lower"] == 1.0
+    assert claim_verdict(spread, basis="sign") == "holds"
+    assert claim_verdict(spread, basis="sign", lower_is_better=False) == "does not hold"
+    with pytest.raises(ValueError, match="needs basis='t'"):
+        claim_verdict(spread, basis="sign", margin=0.1)
+    with pytest.raises(ValueError, match="unknown basis 'median'; allowed: t, sign"):
+        claim_verdict(spread, basis="median")
+
+
+def test_holm_moves_borderline_claims_to_the_corrected_labels():
+    comparisons = {
+        "borderline better": compare_arms(_with_pvalue_frame(0.03, sign=-1.0), "q", "se"),
+        "clear": compare_arms(_with_pvalue_frame(0.001, sign=-1.0, seed=1), "q", "se"),
+        "borderline worse": compare_arms(_with_pvalue_frame(0.04, sign=1.0, seed=2), "q", "se"),
+        "null": compare_arms(_with_pvalue_frame(0.5, sign=1.0, seed=3), "q", "se"),
+        "no data": None,
+    }
+    np.testing.assert_allclose([comparisons[k]["t_pvalue"] for k in list(comparisons)[:4]], [0.03, 0.001, 0.04, 0.5])
+    # alone, each borderline claim is decided
+    assert claim_verdict(comparisons["borderline better"]) == "holds"
+    assert claim_verdict(comparisons["borderline worse"]) == "does not hold"
+    table = claim_verdicts(comparisons)
+    # Holm over the four tested claims: 0.001 * 4, then max(0.03 * 3, 0.04 * 2) = 0.09 for both borderline claims
+    np.testing.assert_allclose(table["p_holm"].iloc[:4], [0.09, 0.004, 0.09, 0.5])
+    np.testing.assert_allclose(table["p_holm"].iloc[:4], holm_adjust(table["p"].iloc[:4]))
+    assert table["verdict"].to_dict() == {
+        "borderline better": "holds before correction only",
+        "clear": "holds",
+        "borderline worse": "does not hold before correction only",
+        "null": "inconclusive",
+        "no data": "inconclusive",
+    }
+    assert math.isnan(table.loc["no data", "p_holm"]) and table.loc["no data", "n"] == 0
+    mde = table.loc["null", "mde"]
+    assert mde == pytest.approx(minimum_detectable_effect(sd=1.0, n=8))
+    assert tally(table) == {"holds": 1, "does not hold": 0, "equivalent (no effect larger than margin)": 0,
+                            "inconclusive": 2, "holds before correction only": 1,
+                            "does not hold before correction only": 1}
+    # per-claim settings: a margin for one claim, the sign basis for another
+    table = claim_verdicts(comparisons, margin={"null": 5.0}, basis={"clear": "sign"})
+    assert table.loc["null", "verdict"] == "equivalent (no effect larger than margin)"
+    assert table.loc["null", "tost_p"] < 0.05 and math.isnan(table.loc["clear", "tost_p"])
+    assert table.loc["clear", "p"] == pytest.approx(comparisons["clear"]["sign_pvalue"])
+
+
+def _with_pvalue_frame(p: float, sign: float, seed: int = 0) -> pd.DataFrame:
+    return _results(_with_pvalue(p, n=8, sign=sign, seed=seed))
+
+
+def test_equivalence_test_against_scipy_one_sided_tests():
+    rng = np.random.default_rng(5)
+    for margin in (0.3, (-0.2, 0.5), 1.0):
+        d = rng.normal(0.05, 0.4, size=12)
+        r = equivalence_test(d, margin)
+        low, high = (-margin, margin) if np.ndim(margin) == 0 else margin
+        p_low = sps.ttest_1samp(d, popmean=low, alternative="greater").pvalue
+        p_high = sps.ttest_1samp(d, popmean=high, alternative="less").pvalue
+        assert (r["p_low"], r["p_high"], r["pvalue"]) == pytest.approx((p_low, p_high, max(p_low, p_high)))
+        # equivalence at alpha <=> the (1 - 2 alpha) t interval lies inside the margin
+        inside = low < r["ci_low"] and r["ci_high"] < high
+        assert r["equivalent"] == (r["pvalue"] < 0.05) == inside
+        half = sps.t.ppf(0.95, 11) * d.std(ddof=1) / math.sqrt(12)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert equivalence_test(rng.normal(0, 0.4, 12), 1.0)["equivalent"]
+    assert not equivalence_test([0.8, -0.9, 0.3], 1.0)["equivalent"]  # too few and noisy to rule out a unit effect
+    # constant differences: decided by where they lie
+    assert equivalence_test([0.125, 0.125, 0.125], 0.25)["pvalue"] == 0.0
+    assert equivalence_test([0.375, 0.375, 0.375], 0.25)["pvalue"] == 1.0
+    assert math.isnan(equivalence_test([0.1], 0.2)["pvalue"])
+    with pytest.raises(ValueError, match="margin must be positive"):
+        equivalence_test([0.1, 0.2], 0.0)
+    with pytest.raises(ValueError, match="needs low < high"):
+        equivalence_test([0.1, 0.2], (0.5, -0.5))
+
+
+def test_minimum_detectable_effect_against_simulation_and_normal_theory():
+    n, sd = 10, 2.0
+    mde = minimum_detectable_effect(sd=sd, n=n)
+    approx = (sps.t.ppf(0.975, n - 1) + sps.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert mde == pytest.approx(approx, rel=0.03)
+    # simulation: with a true mean difference of mde, the paired t test rejects in 80% of repetitions
+    rng = np.random.default_rng(0)
+    reps = 40_000
+    for alternative, crit in (("two-sided", sps.t.ppf(0.975, n - 1)), ("one-sided", sps.t.ppf(0.95, n - 1))):
+        effect = minimum_detectable_effect(sd=sd, n=n, alternative=alternative)
+        x = rng.normal(effect, sd, size=(reps, n))
+        t = x.mean(1) / (x.std(1, ddof=1) / math.sqrt(n))
+        rejected = np.abs(t) > crit if alternative == "two-sided" else t > crit
+        assert rejected.mean() == pytest.approx(0.8, abs=3 * math.sqrt(0.8 * 0.2 / reps))
+    # large n: the normal-theory value (z_{0.975} + z_{0.8}) sd / sqrt(n)
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
+    assert minimum_detectable_effect(sd=1.0, n=2000) == pytest.approx(z / math.sqrt(2000), rel=0.002)
+    d = _standardised(7) * 3.0 + 1.0
+    assert minimum_detectable_effect(d) == pytest.approx(minimum_detectable_effect(sd=3.0, n=7))
+    assert minimum_detectable_effect(sd=0.0, n=5) == 0.0
+    assert minimum_detectable_effect(sd=1.0, n=5, power=0.01) == 0.0  # below the test's size: nothing needed
+    with pytest.raises(ValueError, match="either differences or"):
+        minimum_detectable_effect([1.0, 2.0], sd=1.0)
+    with pytest.raises(ValueError, match="both sd and n"):
+        minimum_detectable_effect(sd=1.0)
+    with pytest.raises(ValueError, match="n >= 2"):
+        minimum_detectable_effect(sd=1.0, n=1)
+    with pytest.raises(ValueError, match="unknown alternative 'greater'; allowed: two-sided, one-sided"):
+        minimum_detectable_effect(sd=1.0, n=5, alternative="greater")
+
+
+def test_tally():
+    verdicts = ["holds", "inconclusive", "holds", "does not hold"]
+    counts = tally(verdicts)
+    assert list(counts) == list(CLAIM_VERDICTS)
+    assert counts["holds"] == 2 and counts["inconclusive"] == 1 and counts["does not hold"] == 1
+    assert sum(counts.values()) == 4
+    assert tally({"a": "holds", "b": "holds"})["holds"] == 2
+    assert tally(pd.DataFrame({"verdict": verdicts})) == counts
+    with pytest.raises(ValueError, match=r"unknown verdict\(s\) \['maybe'\]; allowed: \['holds'"):
+        tally(["holds", "maybe"])
+    with pytest.raises(ValueError, match="no 'verdict' column"):
+        tally(pd.DataFrame({"v": verdicts}))
