@@ -80,7 +80,7 @@ def memory_guard(batch: int = 64, limit: int = DEFAULT_MEMORY_LIMIT_BYTES, layer
     """The largest width whose forward + backward the torch simulator accepts at ``batch`` (float32, rzry) under
     ``limit`` (the guard estimates the peak with ``peak_bytes``), and the refusal one qubit above it."""
     largest = max(n for n in range(1, 40) if peak_bytes(batch, n, layers) <= limit)
-    layer = QuantumLayer(largest + 1, layers, memory_limit_bytes=limit)
+    layer = QuantumLayer(largest + 1, layers, backend="torch", memory_limit_bytes=limit)  # the statevector guard
     try:
         layer(torch.zeros(batch, largest + 1))
         message = None

@@ -16,41 +16,73 @@ The ansätze (``ANSATZE``) differ in the rotations and the entangler:
 ``"rzry"``
     ``RZ(w[l, i, 0])`` then ``RY(w[l, i, 1])`` on every wire, then the CNOT chain; weights ``(L, n, 2)``.
     The authors' later fix.
+``"rzry_separable"``
+    The ``"rzry"`` rotations without any CNOT: a product of single-qubit circuits, weights ``(L, n, 2)``.
+    A control with no entanglement (``<Z_i>`` depends on ``x_i`` and ``w[:, i]`` only).
 ``"strong"``
     PennyLane's ``StronglyEntanglingLayers`` (``Rot`` on every wire, then a CNOT ring of range
     ``(l mod (n-1)) + 1``); weights ``(L, n, 3)``.
 
-Two backends compute the same map ``(B, n) -> (B, n)``:
+Three exact backends compute the same map ``(B, n) -> (B, n)`` (a fourth name, ``"auto"``, picks one):
 
 ``"pennylane"``
-    the QNode on ``default.qubit`` (backprop, parameter broadcasting): the reference;
+    the QNode on ``default.qubit`` (backprop, parameter broadcasting): the reference
+    (:mod:`qdiff_lib.circuits`);
 ``"torch"``
-    :func:`expectations_torch`, a batched statevector simulator (no loop over samples): the real encoding
-    and the first layer's rotations form a product state; in later layers each RZ column is a phase vector
-    (diagonal, carried through permutations and multiplied in once), each RY column is a real Kronecker
-    product over groups of up to ``group_size`` qubits applied with one batched GEMM per group; every CNOT
-    entangler is one precomputed index permutation, and the last one is folded into the measurement matrix.
+    :func:`expectations_torch`, a batched statevector simulator (:mod:`qdiff_lib.statevector`): memory and time
+    grow as ``2**n``;
+``"mps"``
+    :func:`expectations_mps`, an exact matrix-product-state simulator (:mod:`qdiff_lib.mps`): the CNOT chain
+    is an MPO of bond 2, so "paper" and "rzry" need bond ``2**L`` and cost grows linearly in ``n``;
+``"auto"``
+    :func:`select_backend`: the statevector up to 8 qubits and wherever it is cheaper, MPS above.
 
 Hardware realism: ``shots`` (sampled expectation values from a seeded generator) and ``depolarizing``
 (a single-qubit depolarizing channel of strength ``p`` on every wire after every layer, simulated with a
-density matrix, checked against PennyLane's ``default.mixed``).
+density matrix by the torch backend, checked against PennyLane's ``default.mixed``).
+
+The circuit definitions live in :mod:`qdiff_lib.circuits`, the simulators in :mod:`qdiff_lib.statevector` and
+:mod:`qdiff_lib.mps`; this module holds the layer and re-exports their public names.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
 from typing import Literal
 
-import pennylane as qml
 import torch
 from torch import nn
+
+from qdiff_lib.circuits import (
+    ANSATZE,
+    Ansatz,
+    _check_choice,
+    _check_sizes,
+    _complex_dtype,
+    circuit,
+    entangler_pairs,
+    expectations_pennylane,
+    make_qnode,
+    paper_closed_form,
+    paper_parity_matrix,
+    weight_shape,
+)
+from qdiff_lib.mps import expectations_mps, mps_bond_dims, mps_macs, mps_peak_bytes, mps_state, mps_to_statevector
+from qdiff_lib.statevector import (
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_MEMORY_LIMIT_BYTES,
+    expectations_torch,
+    peak_bytes,
+    state_bytes,
+    statevector_torch,
+)
 
 __all__ = [
     "ANSATZE",
     "BACKENDS",
     "WEIGHT_INITS",
+    "DEFAULT_GROUP_SIZE",
+    "DEFAULT_MEMORY_LIMIT_BYTES",
     "Ansatz",
     "Backend",
     "weight_shape",
@@ -60,634 +92,72 @@ __all__ = [
     "expectations_torch",
     "statevector_torch",
     "expectations_pennylane",
+    "expectations_mps",
+    "mps_state",
+    "mps_to_statevector",
+    "mps_bond_dims",
+    "mps_macs",
+    "mps_peak_bytes",
     "paper_closed_form",
     "paper_parity_matrix",
     "state_bytes",
     "peak_bytes",
+    "select_backend",
     "QuantumLayer",
 ]
 
-Ansatz = Literal["paper", "rzry", "strong"]
-Backend = Literal["torch", "pennylane"]
-ANSATZE: tuple[str, ...] = ("paper", "rzry", "strong")
-BACKENDS: tuple[str, ...] = ("torch", "pennylane")
+Backend = Literal["auto", "torch", "mps", "pennylane"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "mps", "pennylane")
 WEIGHT_INITS: tuple[str, ...] = ("uniform", "zeros")
 
-#: Default ceiling for the simulator's estimated peak memory for one batch (:func:`peak_bytes`).
-DEFAULT_MEMORY_LIMIT_BYTES = 4 * 2**30
-#: Largest number of qubits fused into one Kronecker-product gate by the torch simulator.
-DEFAULT_GROUP_SIZE = 4
-
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-
-
-def _check_sizes(n_layers: int, n_qubits: int) -> None:
-    if n_qubits < 1 or n_layers < 1:
-        raise ValueError(f"need n_qubits >= 1 and n_layers >= 1, got n_qubits={n_qubits}, n_layers={n_layers}")
-
-
-def weight_shape(ansatz: str, n_layers: int, n_qubits: int) -> tuple[int, ...]:
-    """Shape of the weight tensor: ``(L, n)`` for "paper", ``(L, n, 2)`` for "rzry", ``(L, n, 3)`` for "strong"."""
-    _check_choice("ansatz", ansatz, ANSATZE)
-    _check_sizes(n_layers, n_qubits)
-    if ansatz == "paper":
-        return (n_layers, n_qubits)
-    if ansatz == "rzry":
-        return (n_layers, n_qubits, 2)
-    return tuple(qml.StronglyEntanglingLayers.shape(n_layers, n_qubits))
-
-
-def _strong_range(layer: int, n_qubits: int) -> int:
-    """PennyLane's default range of ``StronglyEntanglingLayers`` for layer ``layer``."""
-    return (layer % (n_qubits - 1)) + 1 if n_qubits > 1 else 0
-
-
-def entangler_pairs(ansatz: str, layer: int, n_qubits: int) -> list[tuple[int, int]]:
-    """The (control, target) pairs of layer ``layer``'s CNOTs, in the order they are applied."""
-    _check_choice("ansatz", ansatz, ANSATZE)
-    if ansatz == "strong":
-        if n_qubits == 1:
-            return []
-        r = _strong_range(layer, n_qubits)
-        return [(i, (i + r) % n_qubits) for i in range(n_qubits)]
-    return [(i, i + 1) for i in range(n_qubits - 1)]
-
-
 # --------------------------------------------------------------------------------------------------------------
-# PennyLane definitions (what a reader sees and draws) and the reference backend
+# Backend selection
 # --------------------------------------------------------------------------------------------------------------
 
-
-def _apply_circuit(ansatz: str, inputs, weights, depolarizing: float = 0.0) -> None:
-    """Apply encoding and ansatz to wires ``0..n-1``; a depolarizing channel after every layer if ``p > 0``."""
-    n = qml.math.shape(inputs)[-1]
-    n_layers = qml.math.shape(weights)[0]
-    for i in range(n):
-        qml.RY(inputs[..., i], wires=i)
-    if ansatz == "strong" and depolarizing == 0.0:
-        qml.StronglyEntanglingLayers(weights, wires=range(n))
-        return
-    for layer in range(n_layers):
-        if ansatz == "strong":
-            ranges = (_strong_range(layer, n),) if n > 1 else None
-            qml.StronglyEntanglingLayers(weights[layer : layer + 1], wires=range(n), ranges=ranges)
-        else:
-            for i in range(n):
-                if ansatz == "paper":
-                    qml.RZ(weights[layer, i], wires=i)
-                else:
-                    qml.RZ(weights[layer, i, 0], wires=i)
-                    qml.RY(weights[layer, i, 1], wires=i)
-            for control, target in entangler_pairs(ansatz, layer, n):
-                qml.CNOT(wires=[control, target])
-        if depolarizing > 0.0:
-            for i in range(n):
-                qml.DepolarizingChannel(depolarizing, wires=i)
+#: ``"auto"`` never picks MPS at or below this width: the committed 8-qubit results were computed with the
+#: statevector, and must stay bit-identical.
+AUTO_STATEVECTOR_MAX_QUBITS = 8
+#: Batch size ``"auto"`` assumes when the layer is built (the training batch; the choice is made once).
+AUTO_BATCH = 64
+# Time model of forward + backward (float32, one thread), fitted to `python -m bench quantum --qubits ''
+# --mps-qubits 8,...,14 --sv-max 14 --repeats 9 --threads 1` on the project's 2-core CPU, batch 64, 3 layers:
+#   statevector ~ 2.5 ms + 1.1 ns per byte of peak_bytes: rzry 4.2, 6.0, 8.2, 12.7, 29, 72, 139 ms at 8..14 qubits;
+#                 paper 2.6, 3.3, 4.5, 8.3, 14, 26, 54 ms (fewer saved states: the weights get no gradient);
+#   MPS         ~ 0.62 ms per qubit (small batched operations) + 0.17 ns per complex multiply-add (3 mps_macs:
+#                 forward + backward), fitted to rzry 32 qubits 7 layers (bond 64, 3.3 s), rzry 16/6 (0.23 s),
+#                 strong 16/2 (1.7 s); 0.11 to 0.32 ns over other cases. rzry 5.1, 5.7, 6.3, 6.8, 7.4, 8.3,
+#                 8.6 ms and paper 5.2, 6.1, 6.3, 6.7, 7.3, 8.0, 10.1 ms at 8..14 qubits.
+# Measured crossover: MPS is faster from 9 qubits for rzry (1.1x; 1.3x at 10, 4x at 12, 16x at 14) and from 11 for
+# paper (1.2x; 5.4x at 14); the model picks MPS from 9 (rzry) and 11 (paper), and the statevector for "strong"
+# (its ring MPOs cost far more: 12 qubits, 3 layers: MPS 7.2 s against 36 ms).
+_SV_FIXED_S, _SV_S_PER_BYTE = 2.5e-3, 1.1e-9
+_MPS_S_PER_QUBIT, _MPS_S_PER_MAC = 0.62e-3, 0.17e-9
 
 
-def circuit(ansatz: str) -> Callable:
-    """The PennyLane function ``f(inputs, weights)`` applying encoding and ansatz (no measurement).
-
-    ``inputs`` has shape ``(n,)`` or ``(B, n)`` (broadcast), ``weights`` the shape of :func:`weight_shape`.
-    Wrap it in a QNode to draw or run it, or use :func:`make_qnode`.
-    """
-    _check_choice("ansatz", ansatz, ANSATZE)
-
-    def ansatz_circuit(inputs, weights) -> None:
-        _apply_circuit(ansatz, inputs, weights)
-
-    ansatz_circuit.__name__ = f"{ansatz}_circuit"
-    ansatz_circuit.__doc__ = f"Angle encoding RY(x_i), then the {ansatz!r} ansatz."
-    return ansatz_circuit
-
-
-def make_qnode(
+def select_backend(
     ansatz: str,
-    n_qubits: int,
-    *,
-    device: str | None = None,
-    diff_method: str | None = None,
-    shots: int | None = None,
-    depolarizing: float = 0.0,
-    seed: int | None = None,
-) -> qml.QNode:
-    """A torch-interface QNode ``(inputs, weights) -> tuple of n tensors <Z_i>``, each ``(B,)`` when broadcast.
-
-    Defaults: ``default.qubit`` with backprop; ``default.mixed`` when ``depolarizing > 0``;
-    parameter-shift when ``shots`` is set (``seed`` seeds the device's sampler).
-    """
-    _check_choice("ansatz", ansatz, ANSATZE)
-    if device is None:
-        device = "default.mixed" if depolarizing > 0.0 else "default.qubit"
-    if diff_method is None:
-        diff_method = "parameter-shift" if shots is not None else "backprop"
-    dev = qml.device(device, wires=n_qubits, seed=seed) if seed is not None else qml.device(device, wires=n_qubits)
-
-    def expectations(inputs, weights):
-        _apply_circuit(ansatz, inputs, weights, depolarizing)
-        return tuple(qml.expval(qml.PauliZ(i)) for i in range(n_qubits))
-
-    qnode = qml.QNode(expectations, dev, interface="torch", diff_method=diff_method)
-    if shots is not None:
-        qnode = qml.set_shots(qnode, shots=shots)
-    return qnode
-
-
-def expectations_pennylane(
-    ansatz: str,
-    inputs: torch.Tensor,
-    weights: torch.Tensor,
-    *,
-    depolarizing: float = 0.0,
-    qnode: qml.QNode | None = None,
-) -> torch.Tensor:
-    """Reference ``<Z_i>`` of shape ``(B, n)`` for inputs ``(B, n)``, via a broadcast QNode."""
-    _check_inputs(inputs, weights, ansatz)
-    if qnode is None:
-        qnode = make_qnode(ansatz, inputs.shape[-1], depolarizing=depolarizing)
-    out = qnode(inputs, weights)
-    return torch.stack([o.reshape(-1) for o in out], dim=-1).to(inputs.dtype)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The torch simulator
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype == torch.float32:
-        return torch.complex64
-    if dtype == torch.float64:
-        return torch.complex128
-    raise ValueError(f"unsupported dtype {dtype}; allowed: torch.float32, torch.float64")
-
-
-def state_bytes(batch: int, n_qubits: int, dtype: torch.dtype = torch.float32, density: bool = False) -> int:
-    """Bytes of one batch's statevector ``(B, 2**n)`` (or density matrix ``(B, 4**n)``), complex of ``dtype``."""
-    itemsize = torch.empty((), dtype=_complex_dtype(dtype)).element_size()
-    return batch * (4**n_qubits if density else 2**n_qubits) * itemsize
-
-
-def _split_groups(n: int, group_size: int) -> tuple[int, ...]:
-    """Split ``n`` qubits into ``ceil(n / group_size)`` contiguous groups of balanced sizes."""
-    n_groups = -(-n // group_size)
-    base, extra = divmod(n, n_groups)
-    return tuple(base + (1 if g < extra else 0) for g in range(n_groups))
-
-
-def _cnot_permutation(pairs: Sequence[tuple[int, int]], n: int) -> torch.Tensor:
-    """Index ``idx`` with ``state_after[j] = state_before[idx[j]]`` for the CNOTs ``pairs`` applied in order."""
-    idx = torch.arange(2**n, dtype=torch.int64)
-    for control, target in reversed(pairs):  # state_k[j] = state_{k-1}[f_k(j)]: compose f_1(f_2(...f_K(j)))
-        cbit = (idx >> (n - 1 - control)) & 1
-        idx = idx ^ (cbit << (n - 1 - target))
-    return idx
-
-
-def _z_signs(n: int) -> torch.Tensor:
-    """``(2**n, n)`` matrix with entry ``(j, i)`` the eigenvalue of ``Z_i`` on basis state ``j``."""
-    j = torch.arange(2**n, dtype=torch.int64)[:, None]
-    bits = (j >> (n - 1 - torch.arange(n))) & 1
-    return (1 - 2 * bits).to(torch.float64)
-
-
-class _Plan:
-    """Index tensors of one circuit layout, precomputed once (see :func:`_plan`)."""
-
-    def __init__(self, ansatz: str, n: int, n_layers: int, device: torch.device, dtype: torch.dtype) -> None:
-        perms = [_cnot_permutation(entangler_pairs(ansatz, layer, n), n) for layer in range(n_layers)]
-        self.perms = [p.to(device) for p in perms]
-        self.inv_perms = [torch.argsort(p).to(device) for p in perms]
-        signs = _z_signs(n)
-        self.measure = signs.to(device=device, dtype=dtype)  # (2**n, n), Z signs of basis states
-        # <Z_i> after the last entangler: sum_m p[m] z_i(inv[m]), so the last permutation costs nothing.
-        self.measure_folded = signs[torch.argsort(perms[-1])].to(device=device, dtype=dtype)
-
-    @functools.cached_property
-    def density(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """For a density matrix as a 2n-qubit vector (row bits, then column bits): each entangler as one
-        permutation of both indices, its inverse, and the positions of the diagonal. Built on first use."""
-        dim = self.measure.shape[0]
-        perms = [(p[:, None] * dim + p[None, :]).reshape(-1) for p in self.perms]
-        inv_perms = [torch.argsort(p) for p in perms]
-        diag_index = torch.arange(dim, device=self.measure.device) * (dim + 1)
-        return perms, inv_perms, diag_index
-
-
-@functools.lru_cache(maxsize=64)
-def _plan(ansatz: str, n: int, n_layers: int, device: torch.device, dtype: torch.dtype) -> _Plan:
-    return _Plan(ansatz, n, n_layers, device, dtype)
-
-
-#: Rows at least this long are permuted one row at a time (see :func:`_permute_columns`).
-_ROWWISE_PERMUTE_MIN = 2**12
-
-
-def _permute_columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[:, idx]`` for ``x`` ``(B, N)`` complex and a permutation ``idx`` ``(N,)``.
-
-    For long rows, one 1-D ``index_select`` per row, on the amplitudes' bits (complex64 as int64, complex128
-    as float64 pairs): ~4x faster on CPU than one ``index_select`` along dim 1 (16 qubits, batch 64: 18 vs
-    74 ms), which gathers element by element across the batch. Bit-exact either way.
-    """
-    if x.shape[1] < _ROWWISE_PERMUTE_MIN or not x.is_contiguous():
-        return x.index_select(1, idx)
-    out = torch.empty_like(x)
-    if x.element_size() == 8:
-        src, dst = x.view(torch.int64), out.view(torch.int64)
-    else:
-        src, dst = torch.view_as_real(x), torch.view_as_real(out)
-    for row_in, row_out in zip(src, dst):
-        torch.index_select(row_in, 0, idx, out=row_out)
-    return out
-
-
-class _Permute(torch.autograd.Function):
-    """``x[:, idx]`` for a permutation ``idx``, whose backward is a gather with the inverse (no scatter-add)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, idx: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inv)
-        return _permute_columns(x, idx)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (inv,) = ctx.saved_tensors
-        return _permute_columns(grad.contiguous(), inv), None, None
-
-
-def _rz(theta: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
-    """``RZ(theta) = diag(e^{-i theta/2}, e^{i theta/2})``, shape ``(..., 2, 2)``."""
-    c, s = torch.cos(theta / 2), torch.sin(theta / 2)
-    zero = torch.zeros_like(c)
-    m = torch.stack([torch.complex(c, -s), torch.complex(zero, zero), torch.complex(zero, zero), torch.complex(c, s)], -1)
-    return m.reshape(*theta.shape, 2, 2).to(cdtype)
-
-
-def _ry(theta: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
-    """``RY(theta) = [[cos, -sin], [sin, cos]](theta/2)``, shape ``(..., 2, 2)``."""
-    c, s = torch.cos(theta / 2), torch.sin(theta / 2)
-    m = torch.stack([c, -s, s, c], -1).reshape(*theta.shape, 2, 2)
-    return torch.complex(m, torch.zeros_like(m)).to(cdtype)
-
-
-def _rotations(ansatz: str, weights: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
-    """Each layer's single-qubit rotation on each wire, ``(L, n, 2, 2)`` complex."""
-    if ansatz == "paper":
-        return _rz(weights, cdtype)
-    if ansatz == "rzry":
-        return _ry(weights[..., 1], cdtype) @ _rz(weights[..., 0], cdtype)
-    phi, theta, omega = weights.unbind(-1)  # Rot(phi, theta, omega) = RZ(omega) RY(theta) RZ(phi)
-    return _rz(omega, cdtype) @ _ry(theta, cdtype) @ _rz(phi, cdtype)
-
-
-def _kron(mats: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Kronecker product ``mats[0] (x) mats[1] (x) ...`` of square matrices (first factor most significant)."""
-    out = mats[0]
-    for m in mats[1:]:
-        d1, d2 = out.shape[0], m.shape[0]
-        out = (out[:, None, :, None] * m[None, :, None, :]).reshape(d1 * d2, d1 * d2)
-    return out
-
-
-def _product_state(amps: torch.Tensor) -> torch.Tensor:
-    """``(B, n, 2)`` single-qubit amplitudes -> ``(B, 2**n)`` product state (wire 0 most significant)."""
-    n = amps.shape[1]
-    if n == 1:
-        return amps[:, 0]
-    half = n // 2
-    left, right = _product_state(amps[:, :half]), _product_state(amps[:, half:])
-    return (left[:, :, None] * right[:, None, :]).reshape(amps.shape[0], -1)
-
-
-def _apply_rotations(state: torch.Tensor, mats: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
-    """Apply ``mats[0] (x) ... (x) mats[m-1]`` (``(m, 2, 2)``) to ``state`` ``(B, 2**m)``.
-
-    Each group of qubits gets one fused matrix ``F`` and one matmul that also rotates the qubit order:
-    ``(B, D, R) -> (B, R, D)`` with the group leading; after all groups the order is the original one.
-    """
-    batch = state.shape[0]
-    start = 0
-    for size in groups:
-        fused = _kron(list(mats[start : start + size]))
-        start += size
-        state = torch.matmul(state.view(batch, 2**size, -1).transpose(1, 2), fused.transpose(0, 1))
-        state = state.reshape(batch, -1)
-    return state
-
-
-def _depolarize(rho: torch.Tensor, n: int, p: float) -> torch.Tensor:
-    """Depolarizing channel of strength ``p`` on every wire of ``rho`` given as ``(B, 4**n)`` (row, column bits).
-
-    Per wire, ``rho -> (1-p) rho + p/3 (X rho X + Y rho Y + Z rho Z) = (1 - 4p/3) rho + (2p/3) Tr_w(rho) (x) I``.
-    """
-    batch = rho.shape[0]
-    eye = torch.eye(2, dtype=rho.dtype, device=rho.device)
-    for w in range(n):
-        a, c = 2**w, 2 ** (n - 1 - w)
-        x = rho.view(batch, a, 2, c, a, 2, c)
-        trace = x[:, :, 0, :, :, 0, :] + x[:, :, 1, :, :, 1, :]  # (B, a, c, a, c)
-        mixed = trace[:, :, None, :, :, None, :] * eye[None, None, :, None, None, :, None]
-        rho = ((1 - 4 * p / 3) * x + (2 * p / 3) * mixed).reshape(batch, -1)
-    return rho
-
-
-def _check_inputs(inputs: torch.Tensor, weights: torch.Tensor, ansatz: str) -> None:
-    _check_choice("ansatz", ansatz, ANSATZE)
-    if inputs.dim() != 2:
-        raise ValueError(f"inputs: expected (B, n_qubits), got {tuple(inputs.shape)}")
-    n = inputs.shape[1]
-    n_layers = weights.shape[0] if weights.dim() > 0 else 0
-    expected = weight_shape(ansatz, max(n_layers, 1), n)
-    if tuple(weights.shape) != expected:
-        raise ValueError(f"weights of {ansatz!r}: expected {expected} = (n_layers, ...) for n_qubits={n}, "
-                         f"got {tuple(weights.shape)}")
-
-
-def peak_bytes(
-    batch: int,
     n_qubits: int,
     n_layers: int,
-    ansatz: str = "rzry",
+    *,
+    batch: int = AUTO_BATCH,
+    depolarizing: float = 0.0,
     dtype: torch.dtype = torch.float32,
-    *,
-    density: bool = False,
-    grad: bool = True,
-    shots: int | None = None,
-    group_size: int = DEFAULT_GROUP_SIZE,
-) -> int:
-    """Estimated peak memory of :func:`expectations_torch` for one batch: a count of state-sized tensors times
-    :func:`state_bytes` (statevector ``(B, 2**n)`` or, with ``density``, density matrix ``(B, 4**n)``).
+) -> str:
+    """The cheapest exact backend, ``"torch"`` or ``"mps"``, for forward + backward of this circuit and batch.
 
-    The count follows the algorithm. With ``grad`` (forward + backward, autograd enabled), the tensors saved
-    for backward: in every layer after the first, the state the RZ phases multiply (rzry, strong) and the input
-    of each of the ``ceil(n / group_size)`` fused-rotation GEMMs (density: ``ceil(2n / group_size)`` GEMMs);
-    at the end the state the pending phases multiply (paper, strong), the state whose ``|.|^2`` is taken and
-    the probabilities (half a state); plus the working set at the start of backward (2.5 states pure, 7 for the
-    density matrix, whose depolarizing channel keeps ~5 copies in flight). Without ``grad``: the working set
-    only (3 states pure, 7 density). ``shots`` adds the detached probabilities and the counts (one state).
-    Checked against the measured resident-set growth in ``tests/test_quantum.py`` (12-14 qubits).
+    ``"torch"`` when ``depolarizing > 0`` (a density matrix) or ``n_qubits <= AUTO_STATEVECTOR_MAX_QUBITS``;
+    otherwise the one with the smaller modelled time: ``fixed + per_byte * peak_bytes`` for the statevector
+    (:func:`peak_bytes`) against ``per_qubit * n + per_mac * batch * 3 * mps_macs`` for MPS (its small per-site
+    operations cost a fixed time each; :func:`qdiff_lib.mps.mps_macs`, forward and twice that backward), with
+    constants measured on the project's CPU (see the comment above).
     """
     _check_choice("ansatz", ansatz, ANSATZE)
-    n_groups = -(-(2 * n_qubits if density else n_qubits) // group_size)
-    if density:
-        states = (n_layers - 1) * n_groups + 7.0 if grad else 7.0
-    elif grad:
-        per_layer = 1 + n_groups if ansatz != "paper" else 0
-        final_phase = 1 if ansatz != "rzry" else 0
-        states = (n_layers - 1) * per_layer + final_phase + 1.5 + 2.5
-    else:
-        states = 3.0
-    if shots is not None:
-        states += 1.0
-    return math.ceil(states * state_bytes(batch, n_qubits, dtype, density))
-
-
-def _check_memory(
-    batch: int,
-    n: int,
-    n_layers: int,
-    ansatz: str,
-    dtype: torch.dtype,
-    density: bool,
-    grad: bool,
-    shots: int | None,
-    group_size: int,
-    limit: int | None,
-) -> None:
-    """Raise ``MemoryError`` before allocating when :func:`peak_bytes` exceeds ``limit`` (``None``: no limit)."""
-    if limit is None:
-        return
-    need = peak_bytes(batch, n, n_layers, ansatz, dtype, density=density, grad=grad, shots=shots,
-                      group_size=group_size)
-    if need > limit:
-        kind = "density matrix" if density else "statevector"
-        what = "forward + backward" if grad else "forward (no grad)"
-        one = state_bytes(batch, n, dtype, density)
-        raise MemoryError(
-            f"the simulator's {what} of this batch needs about {need / 2**20:.1f} MiB "
-            f"({need / one:.1f} copies of the {one / 2**20:.1f} MiB {kind}; B={batch}, n_qubits={n}, "
-            f"n_layers={n_layers}, {dtype}), above memory_limit_bytes={limit} ({limit / 2**20:.1f} MiB); "
-            f"reduce the batch or raise the limit: QuantumLayer(..., memory_limit_bytes=N) or "
-            f"expectations_torch(..., memory_limit_bytes=N), None disables the check"
-        )
-
-
-def _rotation_angles(
-    ansatz: str, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Each layer's rotation as ``RZ(post) RY(mid) RZ(pre)`` per wire: ``(pre, mid, post)``, each ``(L, n)`` or None."""
-    if ansatz == "paper":
-        return weights, None, None
-    if ansatz == "rzry":
-        return weights[..., 0], weights[..., 1], None
-    return weights[..., 0], weights[..., 1], weights[..., 2]
-
-
-def _phase_vector(angles: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
-    """Diagonal of ``RZ(a_0) (x) ... (x) RZ(a_{n-1})`` for angles ``(n,)``: ``(2**n,)`` complex."""
-    c, s = torch.cos(angles / 2), torch.sin(angles / 2)
-    diag = torch.stack([torch.complex(c, -s), torch.complex(c, s)], dim=-1).to(cdtype)  # (n, 2)
-    return _product_state(diag[None])[0]
-
-
-class _RotatingMatmul(torch.autograd.Function):
-    """``x`` ``(B, D * R)`` -> ``(B, R * D)``: ``F`` ``(D, D)`` applied to the ``D`` leading index bits, which
-    then move to the end (a cyclic rotation of the bit order). One batched GEMM each way, no copies."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        batch, dim = x.shape[0], fused.shape[0]
-        x3 = x.view(batch, dim, -1)
-        ctx.save_for_backward(x3, fused)
-        return torch.bmm(x3.transpose(1, 2), fused.t().expand(batch, dim, dim)).view(batch, -1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x3, fused = ctx.saved_tensors
-        batch, dim = x3.shape[0], fused.shape[0]
-        g3 = grad.view(batch, -1, dim)  # (B, R, D)
-        grad_x = torch.bmm(fused.t().expand(batch, dim, dim), g3.transpose(1, 2)).view(batch, -1)
-        grad_f = torch.bmm(x3, g3).sum(0).t() if ctx.needs_input_grad[1] else None
-        return grad_x, grad_f
-
-
-def _apply_real_rotations(state: torch.Tensor, mats: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
-    """Apply real ``mats[0] (x) ... (x) mats[n-1]`` (``(n, 2, 2)``) to a complex state ``(B, 2**n)``.
-
-    Real arithmetic on ``view_as_real`` ``(B, 2**n * 2)``: each group of qubits gets one fused real matrix
-    applied by :class:`_RotatingMatmul`; the last group also carries the (re, im) bit (``F (x) I_2``), so after
-    all groups the bit order, and the complex layout, are the original ones.
-    """
-    batch = state.shape[0]
-    x = torch.view_as_real(state).reshape(batch, -1)
-    start = 0
-    for j, size in enumerate(groups):
-        fused = _kron(list(mats[start : start + size]))
-        start += size
-        if j == len(groups) - 1:
-            fused = _kron([fused, torch.eye(2, dtype=fused.dtype, device=fused.device)])
-        x = _RotatingMatmul.apply(x, fused)
-    return torch.view_as_complex(x.view(batch, -1, 2))
-
-
-def _state_before_last_entangler(
-    ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, group_size: int
-) -> torch.Tensor:
-    """Statevector ``(B, 2**n)`` of the circuit without its last entangler (which the measurement absorbs).
-
-    Layer 0's rotations act on the encoded product state. In later layers each RZ column is a phase vector
-    (diagonal), carried through the entangler's permutation and multiplied into the state only before a
-    real RY column (or the measurement); RY columns are applied with real arithmetic.
-    """
-    batch, n = inputs.shape
-    n_layers = weights.shape[0]
-    cdtype = _complex_dtype(inputs.dtype)
-    plan = _plan(ansatz, n, n_layers, inputs.device, inputs.dtype)
-    half = inputs / 2
-    encoded = torch.stack([torch.cos(half), torch.sin(half)], dim=-1).to(cdtype)  # RY(x)|0>, real, (B, n, 2)
-    amps = torch.einsum("nij,bnj->bni", _rotations(ansatz, weights[:1], cdtype)[0], encoded)
-    state = _product_state(amps)
-    pre, mid, post = _rotation_angles(ansatz, weights)
-    groups = _split_groups(n, group_size)
-    pending: torch.Tensor | None = None  # diagonal not yet multiplied into the state, (2**n,)
-    for layer in range(1, n_layers):
-        idx = plan.perms[layer - 1]
-        state = _Permute.apply(state, idx, plan.inv_perms[layer - 1])
-        phase = _phase_vector(pre[layer], cdtype)
-        pending = phase if pending is None else pending[idx] * phase  # D P = P D[idx]
-        if mid is not None:
-            state = state * pending
-            pending = None
-            state = _apply_real_rotations(state, _ry(mid[layer], cdtype).real, groups)
-        if post is not None:
-            pending = _phase_vector(post[layer], cdtype)
-    if pending is not None:
-        state = state * pending
-    return state
-
-
-def statevector_torch(
-    ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, *, group_size: int = DEFAULT_GROUP_SIZE
-) -> torch.Tensor:
-    """The circuit's output state ``(B, 2**n)`` (complex; wire 0 the most significant bit) for inputs ``(B, n)``.
-
-    Same simulator as :func:`expectations_torch` (which never applies the last entangler to the state).
-    """
-    _check_inputs(inputs, weights, ansatz)
-    grad = torch.is_grad_enabled() and (inputs.requires_grad or weights.requires_grad)
-    _check_memory(inputs.shape[0], inputs.shape[1], weights.shape[0], ansatz, inputs.dtype, False, grad, None,
-                  group_size, DEFAULT_MEMORY_LIMIT_BYTES)
-    plan = _plan(ansatz, inputs.shape[1], weights.shape[0], inputs.device, inputs.dtype)
-    state = _state_before_last_entangler(ansatz, inputs, weights.to(inputs.dtype), group_size)
-    return _Permute.apply(state, plan.perms[-1], plan.inv_perms[-1])
-
-
-def _probabilities_mixed(
-    ansatz: str, inputs: torch.Tensor, weights: torch.Tensor, depolarizing: float, group_size: int
-) -> torch.Tensor:
-    """Z-basis probabilities of the noisy circuit, ``(B, 2**n)`` (use with ``_Plan.measure``)."""
-    batch, n = inputs.shape
-    cdtype = _complex_dtype(inputs.dtype)
-    perms, inv_perms, diag_index = _plan(ansatz, n, weights.shape[0], inputs.device, inputs.dtype).density
-    rot = _rotations(ansatz, weights, cdtype)
-    half = inputs / 2
-    encoded = torch.stack([torch.cos(half), torch.sin(half)], dim=-1).to(cdtype)
-    amps = torch.einsum("nij,bnj->bni", rot[0], encoded)
-    # vec(rho) = psi (x) conj(psi): a product state of 2n "qubits" (row bits, then column bits)
-    rho = _product_state(torch.cat([amps, amps.conj()], dim=1))
-    groups = _split_groups(2 * n, group_size)
-    for layer in range(weights.shape[0]):
-        if layer > 0:
-            rho = _apply_rotations(rho, torch.cat([rot[layer], rot[layer].conj()], dim=0), groups)
-        rho = _Permute.apply(rho, perms[layer], inv_perms[layer])
-        rho = _depolarize(rho, n, depolarizing)
-    return rho.index_select(1, diag_index).real
-
-
-def expectations_torch(
-    ansatz: str,
-    inputs: torch.Tensor,
-    weights: torch.Tensor,
-    *,
-    depolarizing: float = 0.0,
-    shots: int | None = None,
-    generator: torch.Generator | None = None,
-    group_size: int = DEFAULT_GROUP_SIZE,
-    memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
-) -> torch.Tensor:
-    """``<Z_i>`` of the circuit, ``(B, n)``, for input angles ``(B, n)`` and weights :func:`weight_shape`.
-
-    Computed in ``inputs.dtype`` (float32 or float64, complex64 or complex128 amplitudes); differentiable
-    in ``inputs`` and ``weights``. With ``shots``, the forward value is the mean of ``shots`` samples of the
-    Z-basis measurement drawn with ``generator`` (all wires from the same samples, as on hardware), and the
-    gradient is that of the exact expectation (a straight-through estimator, i.e. the infinite-shot gradient).
-    Raises ``MemoryError`` before allocating when the estimated peak memory of what will run (forward only under
-    ``torch.no_grad``, else forward + backward; see :func:`peak_bytes`) exceeds ``memory_limit_bytes``.
-    """
-    _check_inputs(inputs, weights, ansatz)
-    if not 0.0 <= depolarizing <= 1.0:
-        raise ValueError(f"depolarizing must lie in [0, 1], got {depolarizing}")
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    batch, n = inputs.shape
-    density = depolarizing > 0.0
-    grad = torch.is_grad_enabled() and (inputs.requires_grad or weights.requires_grad)
-    _check_memory(batch, n, weights.shape[0], ansatz, inputs.dtype, density, grad, shots, group_size,
-                  memory_limit_bytes)
-    weights = weights.to(inputs.dtype)
-    plan = _plan(ansatz, n, weights.shape[0], inputs.device, inputs.dtype)
-    if density:
-        probs = _probabilities_mixed(ansatz, inputs, weights, depolarizing, group_size)
-        measure = plan.measure
-    else:
-        state = _state_before_last_entangler(ansatz, inputs, weights, group_size)
-        probs = state.real.square() + state.imag.square()
-        measure = plan.measure_folded
-    exact = probs @ measure
-    if shots is None:
-        return exact
-    if generator is None:
-        raise ValueError("shots need a torch.Generator for the sampled expectation values")
-    with torch.no_grad():
-        p = probs.detach().clamp_min(0).to(generator.device)
-        samples = torch.multinomial(p, shots, replacement=True, generator=generator)  # (B, shots)
-        counts = torch.zeros_like(p).scatter_add_(1, samples, torch.ones_like(samples, dtype=p.dtype))
-        sampled = (counts.to(probs.device) @ measure) / shots
-    return exact + (sampled - exact).detach()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The paper's ansatz in closed form
-# --------------------------------------------------------------------------------------------------------------
-
-
-def paper_parity_matrix(n_qubits: int, n_layers: int) -> torch.Tensor:
-    """``S = T^L mod 2``, ``(n, n)`` bool, with ``T`` the lower-triangular ones: one CNOT chain maps basis bits
-    ``b -> T b`` over GF(2) (``b'_i = b_0 xor ... xor b_i``)."""
     _check_sizes(n_layers, n_qubits)
-    t = torch.tril(torch.ones(n_qubits, n_qubits, dtype=torch.int64))
-    s = torch.eye(n_qubits, dtype=torch.int64)
-    for _ in range(n_layers):
-        s = (t @ s) % 2
-    return s.bool()
-
-
-def paper_closed_form(inputs: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Outputs of the "paper" circuit for inputs ``(B, n)``, for any weights: ``<Z_i> = prod_{j in S_i} cos(x_j)``.
-
-    RZ layers only add phases and the CNOT chains permute basis states, so the Z-basis distribution is that of
-    the encoded product state (bits independent, ``P(b_j = 1) = sin^2(x_j / 2)``) pushed through ``b -> S b``
-    with ``S`` from :func:`paper_parity_matrix`; ``E[(-1)^{b_j}] = cos(x_j)``.
-    """
-    if inputs.dim() != 2:
-        raise ValueError(f"inputs: expected (B, n_qubits), got {tuple(inputs.shape)}")
-    s = paper_parity_matrix(inputs.shape[1], n_layers).to(inputs.device)
-    factors = torch.where(s[None, :, :], torch.cos(inputs)[:, None, :], torch.ones((), dtype=inputs.dtype))
-    return factors.prod(dim=-1)
+    if depolarizing > 0.0 or n_qubits <= AUTO_STATEVECTOR_MAX_QUBITS:
+        return "torch"
+    sv = _SV_FIXED_S + _SV_S_PER_BYTE * peak_bytes(batch, n_qubits, n_layers, ansatz, dtype)
+    mps = _MPS_S_PER_QUBIT * n_qubits + _MPS_S_PER_MAC * batch * 3 * mps_macs(ansatz, n_qubits, n_layers)
+    return "mps" if mps < sv else "torch"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -701,12 +171,15 @@ class QuantumLayer(nn.Module):
     Args:
         n_qubits, n_layers: circuit size.
         ansatz: one of ``ANSATZE`` (see the module docstring).
-        backend: ``"torch"`` (fast simulator) or ``"pennylane"`` (QNode reference; ``default.qubit`` backprop,
-            ``default.mixed`` with noise, parameter-shift with shots).
+        backend: one of ``BACKENDS``: ``"auto"`` (:func:`select_backend`, made once, for batches of
+            ``AUTO_BATCH``; the choice is ``.resolved_backend``), ``"torch"`` (statevector), ``"mps"``
+            (matrix-product state; no ``depolarizing``) or ``"pennylane"`` (QNode reference; ``default.qubit``
+            backprop, ``default.mixed`` with noise, parameter-shift with shots).
         shots: ``None`` for exact expectation values, else the number of measurement samples per input row.
         depolarizing: strength ``p`` of the depolarizing channel on every wire after every layer.
-        memory_limit_bytes: the torch backend raises ``MemoryError`` before allocating when its estimated peak
-            memory (:func:`peak_bytes`, forward + backward when grad is enabled) exceeds it; None: no check.
+        memory_limit_bytes: the torch and mps backends raise ``MemoryError`` before allocating when their
+            estimated peak memory (:func:`peak_bytes`, :func:`mps_peak_bytes`; forward + backward when grad is
+            enabled) exceeds it; None: no check.
         dtype: float32 (fast) or float64.
         weight_init: ``"uniform"`` in ``[0, 2 pi)`` or ``"zeros"``.
         generator: ``torch.Generator`` or integer seed for the initial weights and, continuing the same stream,
@@ -721,7 +194,7 @@ class QuantumLayer(nn.Module):
         n_qubits: int,
         n_layers: int,
         ansatz: str = "rzry",
-        backend: str = "torch",
+        backend: str = "auto",
         shots: int | None = None,
         depolarizing: float = 0.0,
         memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
@@ -740,7 +213,12 @@ class QuantumLayer(nn.Module):
             raise ValueError(f"shots must be None or a positive integer, got {shots}")
         if not 0.0 <= depolarizing <= 1.0:
             raise ValueError(f"depolarizing must lie in [0, 1], got {depolarizing}")
+        if backend == "mps" and depolarizing > 0.0:
+            raise ValueError(f"backend 'mps' simulates pure states only, got depolarizing={depolarizing}; with "
+                             f"noise use backend 'auto' or 'torch' (density matrix) or 'pennylane' (default.mixed)")
         self.n_qubits, self.n_layers, self.ansatz, self.backend = n_qubits, n_layers, ansatz, backend
+        self.resolved_backend = (select_backend(ansatz, n_qubits, n_layers, depolarizing=depolarizing, dtype=dtype)
+                                 if backend == "auto" else backend)
         self.shots, self.depolarizing, self.memory_limit_bytes = shots, depolarizing, memory_limit_bytes
         self.dtype, self.group_size = dtype, group_size
         if isinstance(generator, int):
@@ -753,7 +231,7 @@ class QuantumLayer(nn.Module):
             init = torch.zeros(shape, dtype=torch.float64)
         self.weights = nn.Parameter(init.to(dtype))
         self._qnode = None
-        if backend == "pennylane":
+        if self.resolved_backend == "pennylane":
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if shots is not None else None
             self._qnode = make_qnode(ansatz, n_qubits, shots=shots, depolarizing=depolarizing, seed=seed)
 
@@ -762,8 +240,11 @@ class QuantumLayer(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.n_qubits:
             raise ValueError(f"expected (B, n_qubits) = (B, {self.n_qubits}), got {tuple(x.shape)}")
         x = x.to(self.dtype)
-        if self.backend == "pennylane":
+        if self.resolved_backend == "pennylane":
             return expectations_pennylane(self.ansatz, x, self.weights, qnode=self._qnode)
+        if self.resolved_backend == "mps":
+            return expectations_mps(self.ansatz, x, self.weights, shots=self.shots, generator=self.generator,
+                                    memory_limit_bytes=self.memory_limit_bytes)
         return expectations_torch(
             self.ansatz, x, self.weights, depolarizing=self.depolarizing, shots=self.shots,
             generator=self.generator, group_size=self.group_size, memory_limit_bytes=self.memory_limit_bytes,
@@ -771,4 +252,5 @@ class QuantumLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, ansatz={self.ansatz!r}, "
-                f"backend={self.backend!r}, shots={self.shots}, depolarizing={self.depolarizing}, dtype={self.dtype}")
+                f"backend={self.backend!r}, resolved_backend={self.resolved_backend!r}, shots={self.shots}, "
+                f"depolarizing={self.depolarizing}, dtype={self.dtype}")

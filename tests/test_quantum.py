@@ -33,12 +33,12 @@ from qdiff_lib.quantum import (
 F64 = torch.float64
 
 
-def _random_case(ansatz: str, n_qubits: int, n_layers: int, batch: int, seed: int):
+def _random_case(ansatz: str, n_qubits: int, n_layers: int, batch: int, seed: int, dtype: torch.dtype = F64):
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(batch, n_qubits, generator=g, dtype=F64) * 2 - 1) * math.pi
     w = torch.rand(weight_shape(ansatz, n_layers, n_qubits), generator=g, dtype=F64) * 2 * math.pi
     r = torch.randn(batch, n_qubits, generator=g, dtype=F64)  # random cotangent for the backward pass
-    return x, w, r
+    return x.to(dtype), w.to(dtype), r.to(dtype)
 
 
 def _value_and_grads(fn, x, w, r):
@@ -55,6 +55,7 @@ def _value_and_grads(fn, x, w, r):
 def test_weight_shapes():
     assert weight_shape("paper", 3, 16) == (3, 16)
     assert weight_shape("rzry", 3, 16) == (3, 16, 2)
+    assert weight_shape("rzry_separable", 3, 16) == (3, 16, 2)
     assert weight_shape("strong", 3, 16) == tuple(qml.StronglyEntanglingLayers.shape(3, 16)) == (3, 16, 3)
 
 
@@ -77,12 +78,13 @@ def test_shape_error_message():
 
 
 def test_memory_limit_raises_before_allocating():
-    layer = QuantumLayer(26, 1, ansatz="paper", memory_limit_bytes=2**30)
+    layer = QuantumLayer(26, 1, ansatz="paper", backend="torch", memory_limit_bytes=2**30)
     need = peak_bytes(64, 26, 1, "paper", torch.float32)
     assert state_bytes(64, 26, torch.float32) == 64 * 2**26 * 8
     assert need == 5 * state_bytes(64, 26, torch.float32)  # final phase, |.|^2, probabilities, working set
-    with pytest.raises(MemoryError, match=rf"forward \+ backward of this batch needs about {need / 2**20:.1f} MiB"):
-        layer(torch.zeros(64, 26, requires_grad=True))  # ~160 GiB: fails at once, without trying to allocate it
+    assert need / 2**30 == 160.0
+    with pytest.raises(MemoryError, match=r"forward \+ backward of this batch needs about 160\.0 GiB .*\(1\.0 GiB\)"):
+        layer(torch.zeros(64, 26, requires_grad=True))  # fails at once, without trying to allocate it
     noisy = QuantumLayer(10, 1, depolarizing=0.01, memory_limit_bytes=2**20)
     with pytest.raises(MemoryError, match="density matrix") as info:
         noisy(torch.zeros(2, 10))
@@ -95,7 +97,7 @@ def test_memory_guard_counts_backward_and_no_grad():
     assert peak_bytes(64, 14, 3, "rzry", grad=True) == 14 * one
     assert peak_bytes(64, 14, 3, "rzry", grad=False) == 3 * one
     limit = 8 * one
-    layer = QuantumLayer(14, 3, memory_limit_bytes=limit)
+    layer = QuantumLayer(14, 3, backend="torch", memory_limit_bytes=limit)
     x = torch.zeros(64, 14)
     with pytest.raises(MemoryError, match=r"forward \+ backward .*\(14\.0 copies of the 8\.0 MiB statevector"):
         layer(x)  # the weights require grad
@@ -105,46 +107,54 @@ def test_memory_guard_counts_backward_and_no_grad():
 
 _MEASURE_PEAK = """
 import json, sys, torch
-from qdiff_lib.quantum import expectations_torch, weight_shape
+from qdiff_lib import quantum
 torch.set_num_threads(1)
+simulate = getattr(quantum, sys.argv[1])
 
 def hwm():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
 
-def step(ansatz, n, layers, batch, grad, p):
+def step(ansatz, n, layers, batch, grad, options):
     g = torch.Generator().manual_seed(0)
-    w = torch.rand(weight_shape(ansatz, layers, n), generator=g).requires_grad_(grad)
+    w = torch.rand(quantum.weight_shape(ansatz, layers, n), generator=g).requires_grad_(grad)
     x = torch.rand(batch, n, generator=g).requires_grad_(grad)
     with torch.set_grad_enabled(grad):
-        out = expectations_torch(ansatz, x, w, depolarizing=p, memory_limit_bytes=None)
+        out = simulate(ansatz, x, w, memory_limit_bytes=None, **options)
         if grad:
             out.sum().backward()
 
 peaks = []
-for case in json.loads(sys.argv[1]):
-    step(*case[:3], 1, *case[4:])  # warm-up: plan caches, lazy imports
+for ansatz, n, layers, batch, grad, options in json.loads(sys.argv[2]):
+    step(ansatz, n, layers, 1, grad, options)  # warm-up: plan caches, lazy imports
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the resident-set high-water mark
     before = hwm()
-    step(*case)
+    step(ansatz, n, layers, batch, grad, options)
     peaks.append(hwm() - before)
 print(json.dumps(peaks))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_peak_bytes_matches_measured_peak():
-    """The estimate against the measured growth of the peak resident set of a fresh process. glibc is told to
-    serve large blocks with mmap (returned to the system when freed), so the resident set follows the live
-    tensors instead of the heap's high-water mark."""
-    cases = [("rzry", 14, 3, 64, True, 0.0), ("rzry", 14, 3, 64, False, 0.0), ("paper", 13, 2, 64, True, 0.0),
-             ("strong", 12, 3, 64, True, 0.0), ("rzry", 7, 2, 64, True, 0.01), ("rzry", 7, 2, 64, False, 0.01)]
+def measured_peaks(simulator: str, cases: list[tuple]) -> list[int]:
+    """Growth of the peak resident set of a fresh process during one call of ``qdiff_lib.quantum.<simulator>``
+    (forward, + backward if ``grad``) per case ``(ansatz, n_qubits, n_layers, batch, grad, options)``. glibc is
+    told to serve large blocks with mmap (returned to the system when freed), so the resident set follows the
+    live tensors instead of the heap's high-water mark."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", _MEASURE_PEAK, json.dumps(cases)], env=env, check=True,
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_PEAK, simulator, json.dumps(cases)], env=env, check=True,
                           capture_output=True, text=True, timeout=120)
-    for (ansatz, n, layers, batch, grad, p), measured in zip(cases, json.loads(proc.stdout)):
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_peak_bytes_matches_measured_peak():
+    """The estimate against the measured growth of the peak resident set (:func:`measured_peaks`)."""
+    cases = [("rzry", 14, 3, 64, True, 0.0), ("rzry", 14, 3, 64, False, 0.0), ("paper", 13, 2, 64, True, 0.0),
+             ("strong", 12, 3, 64, True, 0.0), ("rzry", 7, 2, 64, True, 0.01), ("rzry", 7, 2, 64, False, 0.01)]
+    runs = [(*case[:5], {"depolarizing": case[5]}) for case in cases]
+    for (ansatz, n, layers, batch, grad, p), measured in zip(cases, measured_peaks("expectations_torch", runs)):
         est = peak_bytes(batch, n, layers, ansatz, density=p > 0, grad=grad)
         assert 0.9 * measured <= est <= 1.5 * measured, (ansatz, n, layers, grad, p, est, measured)
 
@@ -177,7 +187,7 @@ def test_float32_matches_float64(ansatz):
 
 
 def test_layer_backends_agree_and_gradients_reach_inputs():
-    torch_layer = QuantumLayer(5, 2, ansatz="strong", dtype=F64, generator=3)
+    torch_layer = QuantumLayer(5, 2, ansatz="strong", backend="torch", dtype=F64, generator=3)
     pl_layer = QuantumLayer(5, 2, ansatz="strong", backend="pennylane", dtype=F64, generator=3)
     assert torch.equal(torch_layer.weights, pl_layer.weights)
     x, _, r = _random_case("strong", 5, 2, batch=4, seed=11)
@@ -316,6 +326,7 @@ def test_entangler_pairs():
     assert entangler_pairs("paper", 0, 4) == [(0, 1), (1, 2), (2, 3)]
     assert entangler_pairs("strong", 1, 4) == [(0, 2), (1, 3), (2, 0), (3, 1)]
     assert entangler_pairs("strong", 0, 1) == []
+    assert entangler_pairs("rzry_separable", 2, 4) == []
 
 
 @pytest.mark.parametrize("ansatz", ANSATZE)
@@ -333,7 +344,7 @@ def test_statevector_matches_pennylane(ansatz):
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 def test_rowwise_permutation_is_bit_exact(dtype):
-    from qdiff_lib.quantum import _ROWWISE_PERMUTE_MIN, _permute_columns
+    from qdiff_lib.statevector import _ROWWISE_PERMUTE_MIN, _permute_columns
 
     n = int(math.log2(_ROWWISE_PERMUTE_MIN))  # rows long enough for the row-wise path
     g = torch.Generator().manual_seed(7)
