@@ -45,7 +45,7 @@ from qdiff_lib.noise import NOISE_SOURCES, make_noise_source
 from qdiff_lib.train import NonFiniteError, TrainConfig, checkpoint_mismatch, resolve_device, train
 from qdiff_lib.unet import ANGLE_SCALINGS, BOTTLENECKS, GATES, NONLINEARITIES, UNet, count_parameters
 
-__all__ = ["RunOptions", "run", "build_parser", "main", "sampling_seed"]
+__all__ = ["RunOptions", "KEY_NEUTRAL", "run", "build_parser", "main", "sampling_seed"]
 
 RESULT_NAME = "result.json"
 SAMPLES_NAME = "samples.npz"
@@ -55,6 +55,11 @@ CHECKPOINT_DIR = "checkpoints"
 def sampling_seed(seed: int) -> int:
     """The seed of the sampling generator, derived from the run's ``seed`` (independent of the training stream)."""
     return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+
+
+#: Options added after the first study, with the value under which a run key leaves them out (see
+#: :func:`qdiff_lib.study.run_key`): a run that does not use them keeps the name it had before they existed.
+KEY_NEUTRAL: dict[str, Any] = {"freeze_squeeze": False, "freeze_circuit": False, "quantum_backend": "auto"}
 
 
 @dataclass
@@ -91,6 +96,11 @@ class RunOptions:
     seed: int = 0
     device: str = "auto"
     metrics: bool = True
+    # Added after the first study: a run key leaves each out while it has the value below (KEY_NEUTRAL), so the
+    # files of earlier runs keep their names.
+    freeze_squeeze: bool = False
+    freeze_circuit: bool = False
+    quantum_backend: str = "auto"
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -105,7 +115,8 @@ class RunOptions:
         return dict(
             in_channels=in_channels, bottleneck=self.bottleneck, n_qubits=self.n_qubits, n_layers=self.n_layers,
             ansatz=self.ansatz, gate=self.gate, nonlinearity=self.nonlinearity, angle_scaling=self.angle_scaling,
-            seed=self.seed,
+            seed=self.seed, freeze_squeeze=self.freeze_squeeze, freeze_circuit=self.freeze_circuit,
+            quantum_backend=self.quantum_backend,
         )
 
     def validate(self) -> None:
@@ -238,6 +249,8 @@ def _execute(
     model_kwargs = options.model_kwargs(prep.in_channels)
     model = UNet(**model_kwargs)
     n_parameters = {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True)}
+    # the simulator that "auto" chose (None for arms without a circuit)
+    backends = {getattr(m, "resolved_backend", None) for m in model.modules()} - {None}
     result = train(model, images, options.train_config(), checkpoint_dir=out / CHECKPOINT_DIR, progress=progress)
 
     t_sample = time.perf_counter()
@@ -260,6 +273,7 @@ def _execute(
             "options": dataclasses.asdict(options),
             "train": summary.pop("config"),
             "model": model_kwargs,
+            "quantum_backend": next(iter(backends)) if backends else None,
             "sampling_seed": sampling_seed(options.seed),
         },
         "loss_history": summary.pop("loss_history"),
@@ -291,6 +305,7 @@ def _execute(
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     from qdiff_lib.data import DATASETS
     from qdiff_lib.quantum import ANSATZE
+    from qdiff_lib.quantum import BACKENDS as QUANTUM_BACKENDS
 
     d = RunOptions()
     data_group = p.add_argument_group("data")
@@ -304,7 +319,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
     model = p.add_argument_group("model")
     model.add_argument("--bottleneck", choices=BOTTLENECKS, default=d.bottleneck,
-                       help="bottleneck arm: none (official baseline), se, se_frozen, quantum (default: %(default)s)")
+                       help="bottleneck: none (official baseline), se, se_frozen, quantum, fourier (classical surrogate "
+                            "of the circuit) (default: %(default)s)")
     model.add_argument("--ansatz", choices=ANSATZE, default=d.ansatz, help="circuit ansatz (default: %(default)s)")
     model.add_argument("--n-qubits", type=int, default=d.n_qubits,
                        help="qubits, and the squeezed width of every gated arm (default: %(default)s)")
@@ -315,6 +331,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                        help="middle of the se and se_frozen arms (default: %(default)s)")
     model.add_argument("--angle-scaling", choices=ANGLE_SCALINGS, default=d.angle_scaling,
                        help="map from the squeeze output to RY angles (default: %(default)s)")
+    model.add_argument("--freeze-squeeze", action="store_true",
+                       help="freeze the gate's squeeze layer at its initialisation (any gated bottleneck; with "
+                            "--bottleneck quantum --ansatz paper: the paper's model as its released code trained it)")
+    model.add_argument("--freeze-circuit", action="store_true",
+                       help="freeze the circuit's weights at their initialisation (--bottleneck quantum only)")
+    model.add_argument("--quantum-backend", choices=QUANTUM_BACKENDS, default=d.quantum_backend,
+                       help="simulator of the circuit: auto picks the cheapest exact one (default: %(default)s)")
 
     diffusion = p.add_argument_group("diffusion")
     diffusion.add_argument("--schedule", choices=sorted(schedules.SCHEDULES), default=d.schedule,
@@ -440,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         record = _execute(prepared, options, force, progress, command)
     except NonFiniteError as error:
         print(f"{parser.prog} run: training diverged: {error}", file=sys.stderr)
+        return 1
+    except MemoryError as error:  # the simulators refuse before allocating, with the size in readable units
+        print(f"{parser.prog} run: not enough memory: {error}", file=sys.stderr)
         return 1
     print(f"wrote {Path(out) / RESULT_NAME} and {Path(out) / SAMPLES_NAME} "
           f"({len(record['loss_history'])} steps, final loss {record['loss_history'][-1]:.4g})")

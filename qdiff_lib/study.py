@@ -40,6 +40,7 @@ __all__ = [
     "STUDIES",
     "Profile",
     "arm_options",
+    "arm_of",
     "study_runs",
     "run_key",
     "run_one",
@@ -56,14 +57,29 @@ __all__ = [
     "recheck_differences",
 ]
 
-#: The arms compared throughout the book: name -> the model options that define it.
+#: The arms compared throughout the book: name -> the model options that define it. All gated arms share the U-Net,
+#: the squeeze and up layers and their seeds, and differ only in the middle of the gate (or in what is frozen).
 ARMS: dict[str, dict[str, Any]] = {
     "none": {"bottleneck": "none"},  # the official classical baseline: no bottleneck module (unmatched)
-    "se": {"bottleneck": "se"},  # squeeze-and-excitation gate, classical nonlinearity (matched control)
+    "se": {"bottleneck": "se"},  # squeeze-and-excitation gate, classical nonlinearity tanh (matched control)
     "se_frozen": {"bottleneck": "se_frozen"},  # what the official quantum arm effectively trained
     "quantum_paper": {"bottleneck": "quantum", "ansatz": "paper"},  # the official circuit (zero gradient)
     "quantum_rzry": {"bottleneck": "quantum", "ansatz": "rzry"},  # the authors' later fix
+    # Controls that separate "quantum" from "a cosine-shaped gate" (the circuit with no entangler and no weights is
+    # a product of cosines of the angles):
+    "se_cos": {"bottleneck": "se", "nonlinearity": "cos"},
+    "quantum_rzry_frozen": {"bottleneck": "quantum", "ansatz": "rzry", "freeze_circuit": True},  # weights fixed
+    "quantum_rzry_separable": {"bottleneck": "quantum", "ansatz": "rzry_separable"},  # no entangler
+    "quantum_paper_released": {"bottleneck": "quantum", "ansatz": "paper", "freeze_squeeze": True},
+    "fourier": {"bottleneck": "fourier"},  # classical surrogate of the rzry layer (qdiff_lib.surrogate)
 }
+#: The arms of the first MNIST study (8 qubits), whose grid must not change.
+MNIST_V1_ARMS = ("none", "se", "se_frozen", "quantum_paper", "quantum_rzry")
+#: The arms of the 16-qubit MNIST study (``none`` has no gate and no width: its 8-qubit runs pair with these).
+MNIST16_ARMS = ("se", "se_cos", "quantum_paper", "quantum_rzry", "quantum_rzry_frozen", "quantum_rzry_separable",
+                "fourier")
+#: The circuit width of the paper (and of the ``mnist16`` study's full profile).
+PAPER_N_QUBITS = 16
 
 
 @dataclass(frozen=True)
@@ -122,7 +138,14 @@ def _budget(p: Profile) -> dict[str, Any]:
 
 def _mnist(p: Profile) -> list:
     return [arm_options(arm, dataset="mnist", label=d, n_train=64, seed=s, **_budget(p))
-            for d in p.digits for arm in ARMS for s in p.seeds]
+            for d in p.digits for arm in MNIST_V1_ARMS for s in p.seeds]
+
+
+def _mnist16(p: Profile) -> list:
+    """The MNIST study at the paper's width, with every control (the ci profile keeps its own small width)."""
+    width = PAPER_N_QUBITS if p.name == "full" else p.n_qubits
+    return [arm_options(arm, dataset="mnist", label=d, n_train=64, seed=s, **{**_budget(p), "n_qubits": width})
+            for d in p.digits for arm in MNIST16_ARMS for s in p.seeds]
 
 
 #: (dataset, label) pairs of the MedMNIST study: PathMNIST as the paper (label 1, "background", the easiest
@@ -154,7 +177,8 @@ def _noise_schedules(p: Profile) -> list:
 
 
 #: study name -> function(profile) -> list of RunOptions.
-STUDIES = {"mnist": _mnist, "medmnist": _medmnist, "scaling": _scaling, "noise_schedules": _noise_schedules}
+STUDIES = {"mnist": _mnist, "medmnist": _medmnist, "scaling": _scaling, "noise_schedules": _noise_schedules,
+           "mnist16": _mnist16}
 
 
 def study_runs(study: str, profile_name: str = "ci") -> list:
@@ -163,12 +187,48 @@ def study_runs(study: str, profile_name: str = "ci") -> list:
     return STUDIES[study](profile(profile_name))
 
 
+def _arm_signature(values: dict[str, Any]) -> tuple:
+    """What makes an arm: the bottleneck, and only the options that matter for it."""
+    b = values["bottleneck"]
+    return (
+        b,
+        values.get("ansatz", "rzry") if b == "quantum" else None,
+        values.get("nonlinearity", "tanh") if b in ("se", "se_frozen") else None,
+        bool(values.get("freeze_squeeze", False)) and b != "se_frozen",
+        bool(values.get("freeze_circuit", False)),
+    )
+
+
+def arm_of(options) -> str:
+    """The name in :data:`ARMS` of a run's options (a RunOptions or its dict), or a descriptive name if none fits."""
+    from qdiff_lib.cli import RunOptions
+
+    values = options if isinstance(options, dict) else dataclasses.asdict(options)
+    defaults = dataclasses.asdict(RunOptions())
+    signature = _arm_signature(values)
+    for name, spec in ARMS.items():
+        if _arm_signature({**defaults, **spec}) == signature:
+            return name
+    b, ansatz, nonlinearity, freeze_squeeze, freeze_circuit = signature
+    return "_".join(str(x) for x in (b, ansatz, nonlinearity, freeze_squeeze and "squeeze_frozen",
+                                     freeze_circuit and "frozen") if x)
+
+
 def run_key(options) -> str:
-    """A readable, stable name for a run: dataset, label, n, arm, seed, and a hash of every option."""
-    payload = json.dumps(dataclasses.asdict(options), sort_keys=True, default=str)
+    """A readable, stable name for a run: dataset, label, n, arm, seed, and a hash of every option.
+
+    Options added after the first study are left out of the hash while they have their neutral value
+    (:data:`qdiff_lib.cli.KEY_NEUTRAL`), so that earlier runs keep their names.
+    """
+    from qdiff_lib.cli import KEY_NEUTRAL
+
+    values = dataclasses.asdict(options)
+    for name, neutral in KEY_NEUTRAL.items():
+        if values.get(name) == neutral:
+            values.pop(name)
+    payload = json.dumps(values, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
-    arm = options.bottleneck if options.bottleneck != "quantum" else f"quantum_{options.ansatz}"
-    return f"{options.dataset}-l{options.label}-n{options.n_train}-{arm}-s{options.seed}-{digest}"
+    return f"{options.dataset}-l{options.label}-n{options.n_train}-{arm_of(options)}-s{options.seed}-{digest}"
 
 
 def results_dir(profile_name: str, study: str, root: str | os.PathLike | None = None) -> Path:
@@ -192,6 +252,7 @@ def _downsample(values: list[float], points: int = 100) -> list[list[float]]:
 def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
     return {
         "options": record["config"]["options"],
+        "quantum_backend": record["config"].get("quantum_backend"),
         "metrics": record["metrics"],
         "loss_curve": _downsample(record["loss_history"]),
         "final_loss": record["loss_history"][-1],
@@ -434,7 +495,7 @@ def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
     o = summary["options"]
     row = {
         "dataset": o["dataset"], "label": o["label"], "n_train": o["n_train"], "seed": o["seed"],
-        "arm": o["bottleneck"] if o["bottleneck"] != "quantum" else f"quantum_{o['ansatz']}",
+        "arm": arm_of(o),
         "schedule": o["schedule"], "noise": o["noise"], "steps": o["steps"], "n_qubits": o["n_qubits"],
         "n_samples": o["n_samples"], "final_loss": summary["final_loss"],
         "train_s": summary["timings"]["train_s"], "device": summary["device"], "pinned": is_pinned(summary),

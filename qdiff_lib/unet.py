@@ -23,12 +23,25 @@ The bottleneck module (``bottleneck=``) is a squeeze-and-excitation gate on the 
   official quantum arm actually trained: its circuit weights had zero gradient (RZ + CNOT measured in Z) and its
   input was detached, so ``squeeze`` never trained and the gate was a fixed random feature of the pooled map
   followed by a trainable ``up``;
-* ``"quantum"``: ``middle`` is :class:`qdiff_lib.quantum.QuantumLayer` (angles ``(B, n_qubits)`` -> ``<Z_i>``).
+* ``"quantum"``: ``middle`` is :class:`qdiff_lib.quantum.QuantumLayer` (angles ``(B, n_qubits)`` -> ``<Z_i>``);
+* ``"fourier"``: ``middle`` is :class:`qdiff_lib.surrogate.FourierSurrogate`, a classical trigonometric polynomial
+  over the frequencies the circuit's angle encoding can produce, with as many trainable weights as the ``rzry``
+  circuit (``n_layers * n_qubits * 2``): the classical-surrogate control of the circuit.
+
+Two switches freeze parts of a gated arm at their initialisation (``requires_grad`` False; the forward pass and the
+gradient *through* the frozen part are unchanged):
+
+* ``freeze_squeeze=True`` freezes ``squeeze`` in any gated arm. ``UNet(bottleneck="quantum", ansatz="paper",
+  freeze_squeeze=True)`` is the paper's circuit as the released code effectively trained it (its layer detached
+  its input, so nothing before the circuit learned); ``"se_frozen"`` is ``"se"`` with ``freeze_squeeze=True``;
+* ``freeze_circuit=True`` (``"quantum"`` only) freezes the circuit's weights: the circuit is then a fixed random
+  feature map of the squeezed angles, whose input still receives a gradient.
 
 ``se`` and ``quantum`` are matched controls: their parameter counts differ by exactly the circuit's weights
-(96 for ``ansatz="rzry"``, 16 qubits, 3 layers). ``scale`` is the map from the squeeze output to RY angles,
-applied in every gated arm so that the arms differ only in ``middle``: ``"none"`` (the official code: the Linear
-output is the angle) or ``"pi_tanh"`` (``pi * tanh(.)``, angles kept in (-pi, pi)).
+(96 for ``ansatz="rzry"``, 16 qubits, 3 layers); ``fourier`` has exactly as many as ``quantum`` with ``rzry``.
+``scale`` is the map from the squeeze output to RY angles, applied in every gated arm so that the arms differ only
+in ``middle``: ``"none"`` (the official code: the Linear output is the angle) or ``"pi_tanh"`` (``pi * tanh(.)``,
+angles kept in (-pi, pi)).
 
 The model knows nothing of noise schedules: it maps ``(x_t, t)`` to a prediction of the noise.
 """
@@ -54,12 +67,12 @@ __all__ = [
     "count_parameters",
 ]
 
-BOTTLENECKS = ("none", "se", "se_frozen", "quantum")
+BOTTLENECKS = ("none", "se", "se_frozen", "quantum", "fourier")
 GATES = ("product", "sigmoid")
 NONLINEARITIES = ("tanh", "relu", "cos")
 ANGLE_SCALINGS = ("none", "pi_tanh")
 
-Bottleneck = Literal["none", "se", "se_frozen", "quantum"]
+Bottleneck = Literal["none", "se", "se_frozen", "quantum", "fourier"]
 Gate = Literal["product", "sigmoid"]
 Nonlinearity = Literal["tanh", "relu", "cos"]
 AngleScaling = Literal["none", "pi_tanh"]
@@ -174,14 +187,19 @@ class UNet(nn.Module):
 
     Args:
         in_channels: ``C`` (1 for MNIST, 3 for PathMNIST).
-        bottleneck: ``"none" | "se" | "se_frozen" | "quantum"`` (see the module docstring).
+        bottleneck: ``"none" | "se" | "se_frozen" | "quantum" | "fourier"`` (see the module docstring).
         n_qubits: the squeezed width of the gate (the number of qubits of the quantum arm; the classical arms
             use the same width so that the arms are matched).
-        n_layers, ansatz, quantum_backend: passed to :class:`qdiff_lib.quantum.QuantumLayer` (quantum arm only).
+        n_layers, ansatz, quantum_backend: passed to :class:`qdiff_lib.quantum.QuantumLayer` (quantum arm only;
+            the fourier arm uses ``n_layers`` and, like the classical arms, ignores the other two). The default
+            backend ``"auto"`` is the statevector up to 8 qubits, MPS where cheaper (``select_backend``).
         quantum_kwargs: further keyword arguments of ``QuantumLayer`` (e.g. ``shots``, ``depolarizing``).
         gate: ``"product"`` (official: ``h * g``, no sigmoid) or ``"sigmoid"``.
         nonlinearity: middle of the ``se`` and ``se_frozen`` arms: ``"tanh" | "relu" | "cos"``.
         angle_scaling: ``"none"`` (official: the Linear output is the RY angle) or ``"pi_tanh"``.
+        freeze_squeeze: freeze the gate's ``squeeze`` Linear at its initialisation (any gated arm; ``"se_frozen"``
+            always freezes it).
+        freeze_circuit: freeze the circuit's weights at their initialisation (``bottleneck="quantum"`` only).
         time_dim: width of the sinusoidal timestep embedding (128 in the official code).
         seed: every weight is initialised from this seed inside a forked RNG, so two models built with the same
             arguments are identical and the global RNG is left untouched (the circuit's weights are drawn by
@@ -198,10 +216,12 @@ class UNet(nn.Module):
         gate: Gate = "product",
         nonlinearity: Nonlinearity = "tanh",
         angle_scaling: AngleScaling = "none",
-        quantum_backend: str = "torch",
+        quantum_backend: str = "auto",
         quantum_kwargs: dict[str, Any] | None = None,
         time_dim: int = 128,
         seed: int = 0,
+        freeze_squeeze: bool = False,
+        freeze_circuit: bool = False,
     ):
         super().__init__()
         _check_choice("bottleneck", bottleneck, BOTTLENECKS)
@@ -214,6 +234,11 @@ class UNet(nn.Module):
             raise ValueError(f"n_qubits must be a positive integer, got {n_qubits!r}")
         if not isinstance(n_layers, int) or n_layers < 1:
             raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+        if freeze_squeeze and bottleneck == "none":
+            gated = [b for b in BOTTLENECKS if b != "none"]
+            raise ValueError(f"freeze_squeeze=True needs a gated bottleneck (one of {gated}), got bottleneck='none'")
+        if freeze_circuit and bottleneck != "quantum":
+            raise ValueError(f"freeze_circuit=True needs bottleneck='quantum', got bottleneck={bottleneck!r}")
         self.in_channels = in_channels
         self.bottleneck = bottleneck
         self.n_qubits = n_qubits
@@ -239,11 +264,17 @@ class UNet(nn.Module):
                         n_qubits, n_layers, ansatz=ansatz, backend=quantum_backend, generator=seed,
                         **(quantum_kwargs or {}),
                     )
+                    if freeze_circuit:
+                        middle.requires_grad_(False)
+                elif bottleneck == "fourier":
+                    from qdiff_lib.surrogate import FourierSurrogate
+
+                    middle = FourierSurrogate(n_qubits, n_layers, generator=seed)
                 else:
                     middle = ClassicalNonlinearity(nonlinearity)
                 self.bottleneck_gate = SqueezeExcitationGate(
                     c3, n_qubits, middle, gate=gate, angle_scaling=angle_scaling,
-                    freeze_squeeze=(bottleneck == "se_frozen"),
+                    freeze_squeeze=freeze_squeeze or bottleneck == "se_frozen",
                 )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -127,3 +127,18 @@ def test_bad_values_stop_before_any_work(tmp_path, capsys, change, message):
     assert info.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_forty_qubits_run_on_the_exact_tensor_network_and_an_impossible_width_says_so(tmp_path, capsys):
+    """The default backend ("auto") runs the 40-qubit circuit exactly as an MPS; the statevector at that width would
+    need petabytes, and the command says so in one line, in readable units, before allocating anything."""
+    wide = [a if a != "se" else "quantum" for a in TINY]
+    wide[wide.index("--n-qubits") + 1] = "40"
+    assert main([*wide, "--out", str(tmp_path / "mps")]) == 0
+    record, samples = _read(tmp_path / "mps")
+    assert record["config"]["quantum_backend"] == "mps" and np.isfinite(samples).all()
+    capsys.readouterr()
+    assert main([*wide, "--quantum-backend", "torch", "--out", str(tmp_path / "sv")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "not enough memory" in err and "832.0 TiB" in err and "(4.0 GiB)" in err  # batch 4

@@ -31,6 +31,8 @@ GRID_SIZES = {
     ("scaling", "full"): 6 * 3 * 3,
     ("noise_schedules", "ci"): 4 * 1,
     ("noise_schedules", "full"): 4 * 3,
+    ("mnist16", "ci"): 1 * 7 * 1,
+    ("mnist16", "full"): 10 * 7 * 3,
 }
 
 
@@ -54,8 +56,9 @@ def test_grid_sizes(name, profile):
 def test_grids_follow_the_profile_budgets():
     for profile_name, p in PROFILES.items():
         for name in STUDIES:
+            width = study.PAPER_N_QUBITS if (name, profile_name) == ("mnist16", "full") else p.n_qubits
             for o in study_runs(name, profile_name):
-                assert (o.steps, o.n_samples, o.n_qubits, o.sample_steps) == (p.steps, p.n_samples, p.n_qubits,
+                assert (o.steps, o.n_samples, o.n_qubits, o.sample_steps) == (p.steps, p.n_samples, width,
                                                                                p.sample_steps)
                 assert o.seed in p.seeds
     full = PROFILES["full"]
@@ -86,7 +89,7 @@ def test_run_key_is_stable_and_separates_every_option():
                    timesteps=500, noise="quantum", noise_kwargs={"n_qubits": 8},
                    timestep_distribution="logsnr_gaussian", steps=3, epochs=1.0, batch_size=32, lr=1e-3,
                    ema_decay=0.99, ema_warmup=False, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3, eta=0.5, seed=1,
-                   device="cuda", metrics=True)
+                   device="cuda", metrics=True, freeze_squeeze=True, freeze_circuit=True, quantum_backend="mps")
     assert set(changed) == {f.name for f in dataclasses.fields(cli.RunOptions)}, "a RunOptions field is untested"
     keys = {run_key(dataclasses.replace(o, **{name: value})) for name, value in changed.items()}
     assert len(keys) == len(changed) and run_key(o) not in keys
@@ -109,12 +112,46 @@ def test_bad_names_list_the_allowed_values():
         study_runs("cifar", "ci")
     with pytest.raises(ValueError, match=r"unknown profile 'fast'.*allowed.*'full'"):
         study_runs("mnist", "fast")
-    assert set(ARMS) == {"none", "se", "se_frozen", "quantum_paper", "quantum_rzry"}
+    assert set(ARMS) == {"none", "se", "se_frozen", "quantum_paper", "quantum_rzry", "se_cos", "quantum_rzry_frozen",
+                         "quantum_rzry_separable", "quantum_paper_released", "fourier"}
+    assert {study.arm_of(o) for o in study_runs("mnist", "full")} == set(study.MNIST_V1_ARMS)
+    assert {study.arm_of(o) for o in study_runs("mnist16", "full")} == set(study.MNIST16_ARMS)
 
 
 def test_arm_options_overrides_but_keeps_the_arm():
     o = arm_options("quantum_paper", n_qubits=5, seed=7)
     assert (o.bottleneck, o.ansatz, o.n_qubits, o.seed) == ("quantum", "paper", 5, 7)
+
+
+def test_every_arm_is_named_back_from_its_options_and_builds_its_model():
+    """arm_of inverts ARMS, and each arm's model differs from se only where the arm says (matched controls)."""
+    from qdiff_lib.unet import UNet, count_parameters
+
+    counts = {}
+    for arm in ARMS:
+        o = arm_options(arm, n_qubits=4, n_layers=2)
+        assert study.arm_of(o) == arm and study.arm_of(dataclasses.asdict(o)) == arm
+        assert f"-{arm}-s0-" in run_key(o)
+        model = UNet(**o.model_kwargs(1))
+        counts[arm] = (count_parameters(model), count_parameters(model, trainable_only=True))
+    circuit = 2 * 4 * 2  # rzry weights: layers x qubits x 2
+    assert counts["se_cos"] == counts["se"]
+    assert counts["quantum_rzry"][0] == counts["se"][0] + circuit == counts["fourier"][0]
+    assert counts["quantum_rzry_frozen"] == (counts["quantum_rzry"][0], counts["se"][1])
+    assert counts["quantum_rzry_separable"] == counts["quantum_rzry"]
+    squeeze = 128 * 4 + 4
+    assert counts["quantum_paper_released"][1] == counts["quantum_paper"][1] - squeeze
+    assert study.arm_of(arm_options("se", nonlinearity="relu")) == "se_relu"
+
+
+def test_run_keys_of_committed_files_are_stable():
+    """Options added after the first study (KEY_NEUTRAL) leave the names of earlier runs unchanged."""
+    for path in _committed_full_runs():
+        options = json.loads(path.read_text())["options"]
+        assert not set(cli.KEY_NEUTRAL) & set(options) or path.stem == run_key(cli.RunOptions(**options))
+        legacy = {k: v for k, v in options.items() if k not in cli.KEY_NEUTRAL}
+        assert path.stem == run_key(cli.RunOptions(**legacy)), f"{path.name} would be renamed"
+    assert run_key(arm_options("se", quantum_backend="mps")) != run_key(arm_options("se"))
 
 
 # ------------------------------------------------------------------------------------------ resume and files

@@ -1,4 +1,4 @@
-"""The U-Net of the official code and its four bottleneck arms (qdiff_lib.unet)."""
+"""The U-Net of the official code and its bottleneck arms (qdiff_lib.unet)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,39 @@ from qdiff_lib.unet import (
     count_parameters,
     timestep_embedding,
 )
+
+#: The matched arms of the study as UNet options (same U-Net, squeeze and up; only the middle or what is frozen
+#: differs). The arm names are the study's; the options are all this module knows of them.
+ARM_OPTIONS = {
+    "none": {"bottleneck": "none"},
+    "se": {"bottleneck": "se"},
+    "se_cos": {"bottleneck": "se", "nonlinearity": "cos"},
+    "se_frozen": {"bottleneck": "se_frozen"},
+    "quantum_paper": {"bottleneck": "quantum", "ansatz": "paper"},
+    "quantum_paper_released": {"bottleneck": "quantum", "ansatz": "paper", "freeze_squeeze": True},
+    "quantum_rzry": {"bottleneck": "quantum", "ansatz": "rzry"},
+    "quantum_rzry_frozen": {"bottleneck": "quantum", "ansatz": "rzry", "freeze_circuit": True},
+    "quantum_rzry_separable": {"bottleneck": "quantum", "ansatz": "rzry_separable"},
+    "fourier": {"bottleneck": "fourier"},
+}
+
+#: (total, trainable) parameters of every arm at 8 and 16 qubits, 3 layers.
+PARAMETER_TABLE = {
+    8: {
+        "none": (445_985, 445_985), "se": (448_169, 448_169), "se_cos": (448_169, 448_169),
+        "se_frozen": (448_169, 447_137), "quantum_paper": (448_193, 448_193),
+        "quantum_paper_released": (448_193, 447_161), "quantum_rzry": (448_217, 448_217),
+        "quantum_rzry_frozen": (448_217, 448_169), "quantum_rzry_separable": (448_217, 448_217),
+        "fourier": (448_217, 448_217),
+    },
+    16: {
+        "none": (445_985, 445_985), "se": (450_225, 450_225), "se_cos": (450_225, 450_225),
+        "se_frozen": (450_225, 448_161), "quantum_paper": (450_273, 450_273),
+        "quantum_paper_released": (450_273, 448_209), "quantum_rzry": (450_321, 450_321),
+        "quantum_rzry_frozen": (450_321, 450_225), "quantum_rzry_separable": (450_321, 450_321),
+        "fourier": (450_321, 450_321),
+    },
+}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,6 +90,114 @@ def test_parameter_counts_are_matched():
     assert counts["none"] == official == 445_985
 
 
+@pytest.mark.parametrize("n", [8, 16])
+def test_parameter_table_of_the_matched_arms(n):
+    L, C = 3, 128
+    table = {}
+    for arm, options in ARM_OPTIONS.items():
+        model = UNet(n_qubits=n, n_layers=L, **options)
+        table[arm] = (count_parameters(model), count_parameters(model, trainable_only=True))
+    assert table == PARAMETER_TABLE[n]
+    # the same numbers from the formulas: squeeze Linear(C, n), up Linear(n, C), the circuit's weights
+    squeeze, up = C * n + n, n * C + C
+    total, trainable = {a: t[0] for a, t in table.items()}, {a: t[1] for a, t in table.items()}
+    se = total["none"] + squeeze + up
+    assert total["se"] == total["se_cos"] == total["se_frozen"] == se
+    assert total["quantum_paper"] - se == L * n  # RZ weights (L, n)
+    for arm in ("quantum_rzry", "quantum_rzry_frozen", "quantum_rzry_separable", "fourier"):
+        assert total[arm] - se == L * n * 2  # RZ, RY weights (L, n, 2); the surrogate has as many
+    assert total["quantum_paper_released"] == total["quantum_paper"]
+    for arm in ("none", "se", "se_cos", "quantum_paper", "quantum_rzry", "quantum_rzry_separable", "fourier"):
+        assert trainable[arm] == total[arm]
+    assert total["se_frozen"] - trainable["se_frozen"] == squeeze  # frozen: exactly the frozen tensors
+    assert total["quantum_paper_released"] - trainable["quantum_paper_released"] == squeeze
+    assert total["quantum_rzry_frozen"] - trainable["quantum_rzry_frozen"] == L * n * 2
+    assert trainable["fourier"] == trainable["quantum_rzry"]
+
+
+def test_frozen_circuit_keeps_its_initial_weights_and_passes_gradient_to_its_input():
+    x, t = _inputs()
+    frozen = UNet(bottleneck="quantum", n_qubits=4, n_layers=2, ansatz="rzry", freeze_circuit=True, seed=3)
+    trained = UNet(bottleneck="quantum", n_qubits=4, n_layers=2, ansatz="rzry", seed=3)
+    assert not frozen.bottleneck_gate.middle.weights.requires_grad
+    torch.testing.assert_close(frozen(x, t), trained(x, t), rtol=0, atol=0)  # the same function at initialisation
+    frozen(x, t).square().mean().backward()
+    assert frozen.bottleneck_gate.middle.weights.grad is None
+    assert frozen.bottleneck_gate.squeeze.weight.grad.abs().sum() > 0
+    assert frozen.enc1.weight.grad.abs().sum() > 0
+
+
+def test_freeze_squeeze_in_any_gated_arm_is_the_released_paper_arm():
+    x, t = _inputs()
+    released = UNet(bottleneck="quantum", ansatz="paper", n_qubits=4, n_layers=2, freeze_squeeze=True, seed=1)
+    released(x, t).square().mean().backward()
+    gate = released.bottleneck_gate
+    assert gate.squeeze.weight.grad is None and gate.squeeze.bias.grad is None
+    assert gate.up.weight.grad.abs().sum() > 0
+    assert gate.middle.weights.requires_grad  # the paper's circuit weights are nominally trainable...
+    assert gate.middle.weights.grad.abs().max() < 1e-6  # ...but their gradient vanishes (float32 rounding only)
+    assert released.enc1.weight.grad.abs().sum() > 0  # the U-Net around the gate still trains
+    for bottleneck in ("se", "fourier", "se_frozen"):
+        model = UNet(bottleneck=bottleneck, n_qubits=4, freeze_squeeze=True)
+        assert not model.bottleneck_gate.squeeze.weight.requires_grad
+    # se_frozen is unchanged: it freezes the squeeze without the switch
+    assert not UNet(bottleneck="se_frozen", n_qubits=4).bottleneck_gate.squeeze.weight.requires_grad
+    assert UNet(bottleneck="se", n_qubits=4).bottleneck_gate.squeeze.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"bottleneck": "none", "freeze_squeeze": True},
+         r"freeze_squeeze=True needs a gated bottleneck \(one of \['se', 'se_frozen', 'quantum', 'fourier'\]\), "
+         r"got bottleneck='none'"),
+        ({"bottleneck": "se", "freeze_circuit": True},
+         "freeze_circuit=True needs bottleneck='quantum', got bottleneck='se'"),
+        ({"bottleneck": "fourier", "freeze_circuit": True}, "got bottleneck='fourier'"),
+        ({"bottleneck": "none", "freeze_circuit": True}, "got bottleneck='none'"),
+    ],
+)
+def test_freezing_switches_refuse_arms_without_the_part(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UNet(n_qubits=4, **kwargs)
+
+
+def test_se_cos_arm():
+    x, t = _inputs()
+    model = UNet(bottleneck="se", nonlinearity="cos", n_qubits=4, seed=2)
+    assert model.bottleneck_gate.middle.name == "cos"
+    out = model(x, t)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert model.bottleneck_gate.squeeze.weight.grad.abs().sum() > 0
+
+
+def test_separable_circuit_is_passed_through():
+    from qdiff_lib.quantum import QuantumLayer
+
+    model = UNet(bottleneck="quantum", n_qubits=4, n_layers=2, ansatz="rzry_separable", seed=3)
+    middle = model.bottleneck_gate.middle
+    assert middle.ansatz == "rzry_separable"
+    angles = torch.linspace(-2, 2, 12).reshape(3, 4)
+    torch.testing.assert_close(middle(angles), QuantumLayer(4, 2, ansatz="rzry_separable", generator=3)(angles))
+    x, t = _inputs()
+    model(x, t).square().mean().backward()
+    assert middle.weights.grad.abs().sum() > 0
+
+
+def test_fourier_arm_is_the_seeded_surrogate_and_trains():
+    from qdiff_lib.surrogate import FourierSurrogate
+
+    model = UNet(bottleneck="fourier", n_qubits=4, n_layers=2, seed=3)
+    middle = model.bottleneck_gate.middle
+    assert isinstance(middle, FourierSurrogate)
+    torch.testing.assert_close(middle.weights, FourierSurrogate(4, 2, generator=3).weights, rtol=0, atol=0)
+    x, t = _inputs()
+    model(x, t).square().mean().backward()
+    assert middle.weights.grad.abs().sum() > 0
+    assert model.bottleneck_gate.squeeze.weight.grad.abs().sum() > 0
+
+
 def test_same_seed_same_model_and_global_rng_untouched():
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
@@ -77,6 +218,12 @@ def test_arms_with_the_same_seed_share_their_common_weights():
     for key in ("bottleneck_gate.squeeze.weight", "bottleneck_gate.up.weight", "bottleneck_gate.up.bias"):
         assert torch.equal(arms["se"][key], arms["quantum"][key])
         assert torch.equal(arms["se"][key], arms["se_frozen"][key])
+        assert torch.equal(arms["se"][key], arms["fourier"][key])
+    for options in ARM_OPTIONS.values():  # the switches and ansätze change nothing else either
+        model = UNet(n_qubits=4, seed=1, **options).state_dict()
+        for key, value in arms["se" if options["bottleneck"] != "none" else "none"].items():
+            if "middle" not in key:
+                assert torch.equal(model[key], value), (options, key)
 
 
 def test_gate_matches_a_hand_written_squeeze_excitation():
@@ -147,7 +294,8 @@ def test_quantum_middle_is_the_circuit():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"bottleneck": "classical"}, r"unknown bottleneck 'classical'; allowed: \['none', 'se', 'se_frozen', 'quantum'\]"),
+        ({"bottleneck": "classical"},
+         r"unknown bottleneck 'classical'; allowed: \['none', 'se', 'se_frozen', 'quantum', 'fourier'\]"),
         ({"gate": "softmax"}, r"unknown gate 'softmax'; allowed: \['product', 'sigmoid'\]"),
         ({"nonlinearity": "gelu"}, r"unknown nonlinearity 'gelu'; allowed: \['tanh', 'relu', 'cos'\]"),
         ({"angle_scaling": "pi"}, r"unknown angle_scaling 'pi'; allowed: \['none', 'pi_tanh'\]"),
