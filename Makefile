@@ -24,16 +24,16 @@ export OMP_NUM_THREADS := 2
 
 CHAPTERS = $(shell $(PY) tools/toc_chapters.py)
 
-.PHONY: help venv book execute html test unit nbval build-check bench study clean
+.PHONY: help venv book execute html test unit nbval build-check mathjax chromium browser-check bench study clean
 
 help:
 	@echo "make book    set up .venv, execute every chapter with papermill (PROFILE=$(PROFILE)), build _build/html"
-	@echo "make test    set up .venv, unit tests, nbval over every chapter, strict jupyter-book build"
+	@echo "make test    set up .venv, unit tests, nbval over every chapter, strict jupyter-book build, browser check"
 	@echo "make bench   benchmarks (ratios against the alternatives, timed in the same run)"
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt requirements-browser.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || { \
 	  echo "make: Python 3.11 or newer is needed (the pinned numpy, scipy and pandas require it); $(PYTHON) is" \
 	       "$$($(PYTHON) --version 2>&1 || echo 'not found'). Run with PYTHON=python3.11 (or newer)." >&2; exit 1; }
@@ -43,6 +43,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyp
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(PIP) install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) install -q --disable-pip-version-check -r requirements-browser.txt
 	$(PY) tools/check_env.py
 	touch $@
 
@@ -57,7 +58,7 @@ execute: venv
 	  cp "_build/executed/$$(basename $$nb)" "$$nb"; \
 	done
 
-html: venv
+html: venv mathjax
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 book: execute html
@@ -71,11 +72,37 @@ nbval: venv
 	    --nbval-sanitize-with ../tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
 	    $(notdir $(CHAPTERS))
 
-build-check: venv
+build-check: venv mathjax
 	rm -rf _build/html _build/.doctrees
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
-test: unit nbval build-check
+test: unit nbval build-check browser-check
+
+# MathJax is served by the book itself (no CDN: formulas render without a network). npm installs the version pinned
+# in package-lock.json into node_modules/, which _config.yml copies into _build/html/_static/.
+MATHJAX := node_modules/mathjax/es5/tex-mml-chtml.js
+mathjax: $(MATHJAX)
+
+$(MATHJAX): package.json package-lock.json
+	command -v npm >/dev/null || { echo "make: npm not found, installing Debian's npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
+# Debian's Chromium for the browser check, installed when absent (as root, non-interactively, as CI runs).
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+chromium:
+	test -x $(CHROMIUM) || { echo "make: $(CHROMIUM) not found, installing Debian's chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Every page of the built book in headless Chromium: no raw MyST markup or unresolved glue key, no traceback, every
+# figure loaded, every formula rendered by the local MathJax, every internal link and anchor resolving, nothing
+# fetched from another host. First the checker's own tests (it must catch each fault), then the book; screenshots
+# go to _build/screenshots/.
+browser-check: build-check chromium
+	QDIFF_BROWSER_REQUIRED=1 $(BIN)/pytest -q tests/test_rendered_book.py
+	$(PY) tools/browser_check.py _build/html --screenshots _build/screenshots
 
 bench: venv
 	$(PY) -m bench
