@@ -57,6 +57,8 @@ __all__ = [
     "mps_peak_bytes",
     "mps_state",
     "mps_to_statevector",
+    "schmidt_coefficients",
+    "entanglement_entropy",
     "expectations_mps",
 ]
 
@@ -468,6 +470,43 @@ def mps_to_statevector(state: torch.Tensor) -> torch.Tensor:
     for k in range(1, n):
         psi = (psi @ state[:, k].reshape(batch, d, 2 * d)).reshape(batch, -1, d)
     return psi[..., 0]
+
+
+def schmidt_coefficients(state: torch.Tensor) -> list[torch.Tensor]:
+    """The Schmidt coefficients of one MPS ``(n, D, 2, D)`` (as :func:`mps_state` returns, one row) at every cut.
+
+    Element ``k`` (``k = 0 .. n-2``) holds the coefficients, descending, of the cut between wires ``k`` and
+    ``k + 1``. A QR sweep brings the MPS to left-canonical form, then an SVD sweep from the right reads them off
+    (Schollwöck 2011, section 4.4); the state need not be normalised (the coefficients are divided by its norm).
+    """
+    if state.dim() != 4 or state.shape[2] != 2:
+        raise ValueError(f"state: expected one MPS (n, D, 2, D), got shape {tuple(state.shape)}")
+    n = state.shape[0]
+    sites = [state[k] for k in range(n)]
+    sites[0], sites[-1] = sites[0][:1], sites[-1][..., :1]  # the boundary bonds carry index 0 only
+    for k in range(n - 1):
+        left, _, right = sites[k].shape
+        q, r = torch.linalg.qr(sites[k].reshape(2 * left, right))
+        sites[k], sites[k + 1] = q.reshape(left, 2, -1), torch.einsum("ab,bsc->asc", r, sites[k + 1])
+    out = []
+    for k in range(n - 1, 0, -1):
+        left, _, right = sites[k].shape
+        u, s, vh = torch.linalg.svd(sites[k].reshape(left, 2 * right), full_matrices=False)
+        out.append(s)
+        sites[k], sites[k - 1] = vh.reshape(-1, 2, right), torch.einsum("asb,bc->asc", sites[k - 1], u * s)
+    norm = torch.linalg.vector_norm(out[-1]) if out else torch.ones(())
+    return [s / norm for s in out[::-1]]
+
+
+def entanglement_entropy(state: torch.Tensor) -> torch.Tensor:
+    """Von Neumann entropy in bits, ``-sum p log2 p`` with ``p`` the squared Schmidt coefficients, of one MPS
+    ``(n, D, 2, D)`` at each of its ``n - 1`` cuts. A bond of dimension ``D`` bounds it by ``log2 D`` bits."""
+    values = []
+    for s in schmidt_coefficients(state):
+        p = s.real**2 if s.is_complex() else s**2
+        p = p[p > 0]
+        values.append(-(p * torch.log2(p)).sum())
+    return torch.stack(values) if values else torch.zeros(0)
 
 
 def expectations_mps(
