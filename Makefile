@@ -24,11 +24,11 @@ export OMP_NUM_THREADS := 2
 
 CHAPTERS = $(shell $(PY) tools/toc_chapters.py)
 
-.PHONY: help venv book execute html test unit nbval build-check mathjax chromium browser-check bench study clean
+.PHONY: help venv book execute html test lint unit nbval build-check mathjax chromium browser-check bench study clean
 
 help:
 	@echo "make book    set up .venv, execute every chapter with papermill (PROFILE=$(PROFILE)), build _build/html"
-	@echo "make test    set up .venv, unit tests, nbval over every chapter, strict jupyter-book build, browser check"
+	@echo "make test    set up .venv, lint, unit tests, nbval over every chapter, strict jupyter-book build, browser check"
 	@echo "make bench   benchmarks (ratios against the alternatives, timed in the same run)"
 
 venv: $(VENV)/.installed
@@ -64,6 +64,11 @@ html: venv mathjax
 book: execute html
 	@echo "book: $(abspath _build/html/index.html)"
 
+# ruff (pinned in requirements.txt, configured in pyproject.toml): pycodestyle, pyflakes, import order, bugbear,
+# pyupgrade.
+lint: venv
+	$(BIN)/ruff check qdiff_lib bench tests tools
+
 unit: venv
 	$(BIN)/pytest -q tests
 
@@ -76,7 +81,7 @@ build-check: venv mathjax
 	rm -rf _build/html _build/.doctrees
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
-test: unit nbval build-check browser-check
+test: lint unit nbval build-check browser-check
 
 # MathJax is served by the book itself (no CDN: formulas render without a network). npm installs the version pinned
 # in package-lock.json into node_modules/, which _config.yml copies into _build/html/_static/.

@@ -1,7 +1,10 @@
-"""Run every benchmark: ``python -m bench`` (``make bench``), or some of them, with options passed on: ``python -m bench quantum --qubits 8``.
+"""Run every benchmark: ``python -m bench`` (``make bench``), or some of them, with options passed on:
+``python -m bench quantum --qubits 8``, ``python -m bench --threads 1``.
 
-Each entry of ``BENCHMARKS`` names a module of this package with either ``main(argv: list[str]) -> int``
-(it receives the options) or ``run()`` (no options); to add one, write ``bench/bench_<name>.py`` and list it here.
+Each entry of ``BENCHMARKS`` names a module of this package with ``build_parser()`` (its options: the shared
+``--threads`` and ``--json`` of :func:`bench.common.benchmark_parser`, plus its own) and ``main(argv) -> int``; to add
+one, write ``bench/bench_<name>.py`` and list it here. The options are checked by every named benchmark before the
+first one runs, so a typo or an option that one of them does not take stops the command at once.
 """
 
 from __future__ import annotations
@@ -25,17 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     names, options = argv[:split] or list(BENCHMARKS), argv[split:]  # names first, then options for them
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        raise SystemExit(f"unknown benchmark(s) {unknown}; allowed: {', '.join(BENCHMARKS)}")
+        raise SystemExit(f"unknown benchmark(s) {unknown}; allowed: {list(BENCHMARKS)}")
+    modules = {name: importlib.import_module(BENCHMARKS[name]) for name in names}
+    parsed = {name: module.build_parser().parse_args(options) for name, module in modules.items()}  # exits on a typo
+    if len(names) > 1 and any(args.json for args in parsed.values()):
+        raise SystemExit(f"--json names one file: give it to one benchmark at a time, not to {names}")
     status = 0
-    for name in names:
+    for name, module in modules.items():
         print(f"== bench {name}", flush=True)
-        module = importlib.import_module(BENCHMARKS[name])
-        if hasattr(module, "main"):
-            status |= module.main(options)
-        elif options:
-            raise SystemExit(f"benchmark {name!r} takes no options, got {options}")
-        else:
-            module.run()
+        status |= module.main(options)
     return status
 
 

@@ -26,7 +26,7 @@ import torch
 
 from bench.bench_quantum import _step, contenders
 from bench.bench_quantum import run as time_layer
-from bench.common import REPO_ROOT, print_table, save_json
+from bench.common import REPO_ROOT, benchmark_parser, parse_options, print_table, save_json
 from qdiff_lib.quantum import DEFAULT_MEMORY_LIMIT_BYTES, QuantumLayer, peak_bytes, state_bytes
 
 #: Implementations, as named by :func:`bench.bench_quantum.contenders`, and the ``skip`` keys of the others.
@@ -111,8 +111,8 @@ def run(qubits: list[int], alt_max: int, batch: int = 64, layers: int = 3, with_
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench memory", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser("memory", __doc__)
     parser.add_argument("--qubits", default="4,8,12,16", help="comma-separated widths")
     parser.add_argument("--alt-max", type=int, default=12, help="widest circuit for the PennyLane alternatives")
     parser.add_argument("--batch", type=int, default=64)
@@ -120,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time", action="store_true", help="also time forward + backward of every implementation")
     parser.add_argument("--repeats", type=int, default=3, help="timings of ours per round (--time)")
     parser.add_argument("--slow-repeats", type=int, default=1, help="rounds of the alternatives (--time)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", default=None, help="write the results there (with machine info and command)")
     parser.add_argument("--child", default=None, choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
-    args, _ = parser.parse_known_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(build_parser(), argv)
     qubits = [int(q) for q in args.qubits.split(",")]
     if args.child:
         print(json.dumps(_child(args.child, qubits[0], args.batch, args.layers)))

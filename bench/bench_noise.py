@@ -1,16 +1,18 @@
 """Benchmark of the noise sources: values per second of every QuantumNoise circuit/mapping and of the hybrid
 mixture, against torch.randn timed in the same run (ratios), plus the one-off cost of the Born distribution.
 
-Run: ``python -m bench.bench_noise`` (or through ``python -m bench``).
+Usage: ``python -m bench noise --qubits 12 --batch 1024 --repeats 5 --threads 1 --json results/bench/noise.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import time
 
 import torch
 
+from bench.common import benchmark_parser, parse_options, save_json
 from qdiff_lib.noise import CIRCUITS, MAPPINGS, GaussianNoise, HybridNoise, QuantumNoise
 
 
@@ -48,5 +50,22 @@ def run(n_qubits: int = 12, batch: int = 1024, repeats: int = 5) -> list[dict]:
     return rows
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser("noise", __doc__)
+    parser.add_argument("--qubits", type=int, default=12, help="register of the quantum sources (default 12)")
+    parser.add_argument("--batch", type=int, default=1024, help="images per draw of shape (batch, 1, 28, 28)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed draws of each source (best kept)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(build_parser(), argv)
+    rows = run(args.qubits, args.batch, args.repeats)
+    if args.json:
+        save_json(args.json, "noise", rows, {"n_qubits": args.qubits, "batch": args.batch, "repeats": args.repeats,
+                                             "threads": torch.get_num_threads()})
+    return 0
+
+
 if __name__ == "__main__":
-    run()
+    raise SystemExit(main())

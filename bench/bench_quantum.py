@@ -35,7 +35,7 @@ from collections.abc import Callable
 import pennylane as qml
 import torch
 
-from bench.common import alternate, save_json
+from bench.common import alternate, benchmark_parser, parse_options, save_json
 from qdiff_lib.circuits import _apply_circuit
 from qdiff_lib.quantum import ANSATZE, QuantumLayer, make_qnode, weight_shape
 
@@ -141,7 +141,7 @@ def scaling(ansatz: str, qubits: list[int], n_layers: int, batch: int, repeats: 
         layers = {"mps": QuantumLayer(n, n_layers, ansatz=ansatz, backend="mps", dtype=dtype, generator=0)}
         if n <= sv_max:
             layers["ours"] = QuantumLayer(n, n_layers, ansatz=ansatz, backend="torch", dtype=dtype, generator=0)
-        fns = {name: (lambda m=m: _step(m, x, r, m.weights)) for name, m in layers.items()}
+        fns = {name: (lambda m=m, x=x, r=r: _step(m, x, r, m.weights)) for name, m in layers.items()}
         times = alternate(fns, rounds=repeats)
         mps = statistics.median(times["mps"])
         ours = statistics.median(times["ours"]) if "ours" in times else None
@@ -167,9 +167,10 @@ def _goals(times: dict[str, list[float]], n_qubits: int) -> str:
     return "; ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench quantum", description=__doc__.splitlines()[0])
-    parser.add_argument("--qubits", default="16", help="comma-separated qubit counts of the comparison (default 16; '' to skip it)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser("quantum", __doc__)
+    parser.add_argument("--qubits", default="16",
+                        help="comma-separated qubit counts of the comparison (default 16; '' to skip it)")
     parser.add_argument("--mps-qubits", default="8,16,32,64,128",
                         help="comma-separated widths of the MPS scaling table ('' to skip it)")
     parser.add_argument("--sv-max", type=int, default=16, help="widest statevector in the scaling table")
@@ -181,12 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensor-rows", type=int, default=1, help="rows timed for default.tensor (scaled to --batch)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--skip", default="", help="comma-separated among mps,default,lightning,loop,tensor")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 is steadier on a shared machine)")
-    parser.add_argument("--json", default=None, help="also write the table (and every timing) to this JSON file")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(build_parser(), argv)
     dtype = getattr(torch, args.dtype)
     skip = {s for s in args.skip.split(",") if s}
     print(f"# quantum layer, fwd+bwd, ansatz={args.ansatz}, layers={args.layers}, batch={args.batch}, "

@@ -4,7 +4,7 @@ The model (the ``se`` arm of the paper's U-Net, cosine schedule) is trained for 
 ``--n-train`` MNIST images of ``--digit``; its EMA weights then draw ``--n-samples`` images with each sampler
 (same seed), and both sets are scored by :func:`qdiff_lib.metrics.evaluate` against held-out images of the
 digit. The timing alternates one DDPM and one DDIM draw of ``--timing-batch`` images for ``--rounds`` rounds.
-Goal (issue 4): DDIM-50 at least 15x faster than DDPM-1000.
+Goal (stated in the performance chapter): DDIM-50 at least 15x faster than DDPM-1000.
 Usage: ``python -m bench sampling --train-steps 1000 --n-samples 200 --rounds 2 --json results/bench/sampling.json``.
 """
 
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from bench.common import alternate, print_table, save_json, summarize
+from bench.common import alternate, benchmark_parser, parse_options, print_table, save_json, summarize
 from qdiff_lib.data import few_shot_split
 from qdiff_lib.diffusion import Diffusion
 from qdiff_lib.metrics import evaluate
@@ -53,8 +53,8 @@ def run(train_steps: int = 300, n_train: int = 100, n_samples: int = 64, n_ref: 
     return {"timing": timing, "speedup": timing[0]["ratio"], "metrics": metric_rows}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench sampling", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser("sampling", __doc__)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--n-samples", type=int, default=64, help="images per sampler for the metrics")
@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--timing-batch", type=int, default=16, help="images per timed draw")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (one DDPM + one DDIM draw each)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", default=None, help="write the results there (with machine info and command)")
-    args, _ = parser.parse_known_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(build_parser(), argv)
     result = run(args.train_steps, args.n_train, args.n_samples, args.n_ref, args.digit, 1000, args.ddim_steps,
                  args.timing_batch, args.rounds)
     print(f"# sampling, batch {args.timing_batch}, {torch.get_num_threads()} torch threads "

@@ -2,8 +2,8 @@
 
 A step is what :func:`qdiff_lib.train.train` does per batch: ``q_sample``, forward, MSE loss, backward, Adam update.
 Arms: ``none`` (no bottleneck), ``se`` (squeeze-and-excitation gate of width 8), ``quantum`` with the ``rzry``
-circuit (3 layers) at 8 and 16 qubits (torch simulator, float32). Goal (issues 4 and 8): the quantum arm at 8
-qubits within 1.3x of ``se``.
+circuit (3 layers) at 8 and 16 qubits (torch simulator, float32). Goal (stated in the performance chapter): the
+quantum arm at 8 qubits within 1.3x of ``se``.
 
 ``--profile``: the share of a quantum step spent in the circuit layer (its forward + backward alone, timed in the
 same alternation) and torch.profiler's top operators of one quantum step.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.common import alternate, print_table, save_json, summarize
+from bench.common import alternate, benchmark_parser, parse_options, print_table, save_json, summarize
 from qdiff_lib.diffusion import Diffusion
 from qdiff_lib.quantum import QuantumLayer
 from qdiff_lib.unet import UNet
@@ -98,17 +98,17 @@ def run(qubits: list[int], batch: int = 64, rounds: int = 10, profile: bool = Fa
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench training", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser("training", __doc__)
     parser.add_argument("--qubits", default="8,16", help="comma-separated widths of the quantum arm")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (one step of each arm each)")
     parser.add_argument("--profile", action="store_true", help="the circuit layer's share and top operators")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", default=None, help="write the results there (with machine info and command)")
-    args, _ = parser.parse_known_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(build_parser(), argv)
     qubits = [int(q) for q in args.qubits.split(",")]
     result = run(qubits, args.batch, args.rounds, args.profile)
     print(f"# training step (q_sample, forward, MSE, backward, Adam), batch {args.batch}, "

@@ -6,6 +6,7 @@ a burst of load then hits every contender alike, and the ratio of medians is wha
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -22,6 +23,25 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Where the committed full benchmark run lives (each module's ``--json`` output).
 RESULTS_DIR = REPO_ROOT / "results" / "bench"
+
+
+def benchmark_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m bench <name>`` with the options every benchmark takes, ``--threads`` and ``--json``
+    (``python -m bench --threads 1`` passes them to each); the benchmark adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice; 1 is steadier on a shared machine)")
+    parser.add_argument("--json", default=None,
+                        help="also write the results there (with every timing, machine info and command)")
+    return parser
+
+
+def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` (a typo stops the benchmark), then ``--threads`` applied to torch, when given."""
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def time_once(fn: Callable[[], Any]) -> float:

@@ -9,11 +9,13 @@ described in :mod:`qdiff_lib.quantum`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal
 
 import pennylane as qml
 import torch
+
+from qdiff_lib._checks import check_choice
 
 __all__ = [
     "ANSATZE",
@@ -31,19 +33,15 @@ Ansatz = Literal["paper", "rzry", "rzry_separable", "strong"]
 ANSATZE: tuple[str, ...] = ("paper", "rzry", "rzry_separable", "strong")
 
 
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-
-
 def _check_sizes(n_layers: int, n_qubits: int) -> None:
     if n_qubits < 1 or n_layers < 1:
         raise ValueError(f"need n_qubits >= 1 and n_layers >= 1, got n_qubits={n_qubits}, n_layers={n_layers}")
 
 
 def weight_shape(ansatz: str, n_layers: int, n_qubits: int) -> tuple[int, ...]:
-    """Shape of the weights: ``(L, n)`` for "paper", ``(L, n, 2)`` for "rzry[_separable]", ``(L, n, 3)`` for "strong"."""
-    _check_choice("ansatz", ansatz, ANSATZE)
+    """Shape of the weights: ``(L, n)`` for "paper", ``(L, n, 2)`` for "rzry[_separable]", ``(L, n, 3)`` for
+    "strong"."""
+    check_choice("ansatz", ansatz, ANSATZE)
     _check_sizes(n_layers, n_qubits)
     if ansatz == "paper":
         return (n_layers, n_qubits)
@@ -59,7 +57,7 @@ def _strong_range(layer: int, n_qubits: int) -> int:
 
 def entangler_pairs(ansatz: str, layer: int, n_qubits: int) -> list[tuple[int, int]]:
     """The (control, target) pairs of layer ``layer``'s CNOTs, in the order they are applied."""
-    _check_choice("ansatz", ansatz, ANSATZE)
+    check_choice("ansatz", ansatz, ANSATZE)
     if ansatz == "strong":
         if n_qubits == 1:
             return []
@@ -108,7 +106,7 @@ def circuit(ansatz: str) -> Callable:
     ``inputs`` has shape ``(n,)`` or ``(B, n)`` (broadcast), ``weights`` the shape of :func:`weight_shape`.
     Wrap it in a QNode to draw or run it, or use :func:`make_qnode`.
     """
-    _check_choice("ansatz", ansatz, ANSATZE)
+    check_choice("ansatz", ansatz, ANSATZE)
 
     def ansatz_circuit(inputs, weights) -> None:
         _apply_circuit(ansatz, inputs, weights)
@@ -133,7 +131,7 @@ def make_qnode(
     Defaults: ``default.qubit`` with backprop; ``default.mixed`` when ``depolarizing > 0``;
     parameter-shift when ``shots`` is set (``seed`` seeds the device's sampler).
     """
-    _check_choice("ansatz", ansatz, ANSATZE)
+    check_choice("ansatz", ansatz, ANSATZE)
     if device is None:
         device = "default.mixed" if depolarizing > 0.0 else "default.qubit"
     if diff_method is None:
@@ -184,7 +182,8 @@ def _rz(theta: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
     """``RZ(theta) = diag(e^{-i theta/2}, e^{i theta/2})``, shape ``(..., 2, 2)``."""
     c, s = torch.cos(theta / 2), torch.sin(theta / 2)
     zero = torch.zeros_like(c)
-    m = torch.stack([torch.complex(c, -s), torch.complex(zero, zero), torch.complex(zero, zero), torch.complex(c, s)], -1)
+    off_diagonal = torch.complex(zero, zero)
+    m = torch.stack([torch.complex(c, -s), off_diagonal, off_diagonal, torch.complex(c, s)], -1)
     return m.reshape(*theta.shape, 2, 2).to(cdtype)
 
 
@@ -206,7 +205,7 @@ def _rotations(ansatz: str, weights: torch.Tensor, cdtype: torch.dtype) -> torch
 
 
 def _check_inputs(inputs: torch.Tensor, weights: torch.Tensor, ansatz: str) -> None:
-    _check_choice("ansatz", ansatz, ANSATZE)
+    check_choice("ansatz", ansatz, ANSATZE)
     if inputs.dim() != 2:
         raise ValueError(f"inputs: expected (B, n_qubits), got {tuple(inputs.shape)}")
     n = inputs.shape[1]

@@ -1,10 +1,10 @@
 """A small CNN classifier per dataset: the feature space of the companion's metrics.
 
-The paper measures FID with Inception-v3 features of 13 images cropped from a saved figure (PAPER.md, defect 4).
-Inception-v3 was trained on ImageNet photographs at 299x299; on 28x28 digits and tissue tiles its features say
-little, and its weights are not available offline. The companion instead trains, for each dataset, a small CNN
-on that dataset's own training split and uses its penultimate layer (128 features) as the space in which FID,
-KID, precision/recall and memorization are measured (:mod:`qdiff_lib.metrics`), and its predictions for the
+The paper measures FID with Inception-v3 features of 13 images cropped from a saved figure (defect 4 in the book's
+introduction, ``intro.md``). Inception-v3 was trained on ImageNet photographs at 299x299; on 28x28 digits and tissue
+tiles its features say little, and its weights are not available offline. The companion instead trains, for each
+dataset, a small CNN on that dataset's own training split and uses its penultimate layer (128 features) as the space in
+which FID, KID, precision/recall and memorization are measured (:mod:`qdiff_lib.metrics`), and its predictions for the
 class consistency of samples.
 
 Training is deterministic (seeded initialisation and shuffling, CPU) and quick (a few minutes at most on two
@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from qdiff_lib import data, numerics
 from qdiff_lib._io import atomic_write
+from qdiff_lib.data import cache_dir
 
 __all__ = [
     "ClassifierRecipe",
@@ -178,42 +178,40 @@ class TrainedClassifier(nn.Module):
         )
 
 
-def cache_dir() -> Path:
-    """``$QDIFF_CACHE_DIR`` or ``~/.cache/qdiff_lib`` (outside git)."""
-    return Path(os.environ.get("QDIFF_CACHE_DIR") or Path.home() / ".cache" / "qdiff_lib")
-
-
 def _check_labels(dataset: str, labels: torch.Tensor) -> None:
     if labels.ndim != 1:
-        raise ValueError(f"{dataset} is multi-label (labels {tuple(labels.shape)}); the classifier needs one class per image")
+        raise ValueError(
+            f"{dataset} is multi-label (labels {tuple(labels.shape)}); the classifier needs one class per image")
 
 
-def _train_test(dataset: str, recipe: ClassifierRecipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+def _train_test(
+    dataset: str, recipe: ClassifierRecipe
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """(x_train, y_train, x_test, y_test, description of the test images)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", data.DataNotice)
         x, y = data.load_labelled(dataset, "train")
     _check_labels(dataset, y)
-    try:
+    if data.held_out_split(dataset) == "test":
         x_test, y_test = data.load_labelled(dataset, "test")
         return x, y, x_test, y_test, f"{dataset} test split ({len(x_test)} images)"
-    except FileNotFoundError:
-        # No test split on disk (offline PathMNIST subset): hold out a seeded fraction of the training images.
-        g = torch.Generator().manual_seed(recipe.seed + 1)
-        perm = torch.randperm(len(x), generator=g)
-        n_test = max(1, int(round(HOLDOUT_FRACTION * len(x))))
-        te, tr = perm[:n_test], perm[n_test:]
-        desc = (
-            f"{n_test} of the {len(x)} available {dataset} training images, held out from classifier training "
-            "(no test split on disk)"
-        )
-        return x[tr], y[tr], x[te], y[te], desc
+    # No test split on disk (offline PathMNIST subset): hold out a seeded fraction of the training images.
+    g = torch.Generator().manual_seed(recipe.seed + 1)
+    perm = torch.randperm(len(x), generator=g)
+    n_test = max(1, int(round(HOLDOUT_FRACTION * len(x))))
+    te, tr = perm[:n_test], perm[n_test:]
+    desc = (
+        f"{n_test} of the {len(x)} available {dataset} training images, held out from classifier training "
+        "(no test split on disk)"
+    )
+    return x[tr], y[tr], x[te], y[te], desc
 
 
 @torch.no_grad()
 def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     net.eval()
-    correct = sum(int((net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()) for i in range(0, len(x), batch_size))
+    correct = sum(int((net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
     return correct / len(x)
 
 

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import REPO_ROOT
-from ._io import atomic_write
+from qdiff_lib import REPO_ROOT
+from qdiff_lib._checks import check_choice
+from qdiff_lib._io import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -39,6 +39,8 @@ __all__ = [
     "load_images",
     "load_labelled",
     "few_shot_split",
+    "held_out_split",
+    "cache_dir",
     "download_file",
     "to_float",
     "to_uint8",
@@ -67,7 +69,7 @@ class DataNotice(UserWarning):
 
 
 def _medmnist_info() -> dict:
-    import medmnist  # imported lazily: it pulls pandas and scikit-learn
+    import medmnist  # imported lazily (about 2 s: it pulls pandas and scikit-learn); MNIST never needs it
 
     return medmnist.INFO
 
@@ -78,7 +80,16 @@ def _datasets() -> tuple[str, ...]:
     return ("mnist", *flags)
 
 
-DATASETS: tuple[str, ...] = _datasets()
+#: ``"mnist"`` and the 2D MedMNIST flags. Resolved on first access (module ``__getattr__``), so that importing this
+#: module does not import medmnist.
+DATASETS: tuple[str, ...]
+
+
+def __getattr__(name: str):
+    """``DATASETS``: ``"mnist"`` and the 2D MedMNIST flags, read from ``medmnist.INFO`` on first access."""
+    if name == "DATASETS":
+        return _datasets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -96,9 +107,11 @@ class DatasetInfo:
 
 
 def _check_dataset(dataset: str) -> str:
-    if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
-    return dataset.lower()
+    """The lower-cased name of a known dataset; MNIST is checked without importing medmnist."""
+    name = dataset.lower() if isinstance(dataset, str) else dataset
+    if name != "mnist":
+        check_choice("dataset", name, _datasets())
+    return name
 
 
 def dataset_info(dataset: str) -> DatasetInfo:
@@ -137,8 +150,10 @@ def find_file(filename: str) -> Path | None:
     return None
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("QDIFF_CACHE_DIR", Path.home() / ".cache" / "qdiff_lib")).expanduser()
+def cache_dir() -> Path:
+    """Where the library caches what it computed (checksum verdicts, trained classifiers): ``$QDIFF_CACHE_DIR``
+    when set and not empty, else ``~/.cache/qdiff_lib`` (outside git)."""
+    return Path(os.environ.get("QDIFF_CACHE_DIR") or Path.home() / ".cache" / "qdiff_lib").expanduser()
 
 
 def _download_requested(download: bool) -> bool:
@@ -170,7 +185,7 @@ def _verify(path: Path) -> None:
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     algorithm, expected = _expected_checksums(path.name)
-    cache_file = _cache_dir() / "verified.json"
+    cache_file = cache_dir() / "verified.json"
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
@@ -215,13 +230,10 @@ def download_file(filename: str, timeout: float = 60.0, progress: bool = True) -
     from tqdm.auto import tqdm
 
     url, algorithm, digest = _source(filename)
-    target_dir = _download_dir()
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{filename}.", suffix=".part")
-    tmp_path = Path(tmp)
-    try:
+
+    def fetch(out) -> None:  # raising here leaves nothing behind (atomic_write removes its temporary file)
         h = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {filename}", disable=not progress) as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
@@ -233,12 +245,8 @@ def download_file(filename: str, timeout: float = 60.0, progress: bool = True) -
                 f"download of {filename} from {url} failed its checksum: {algorithm} {h.hexdigest()}, "
                 f"expected {digest}; nothing was written"
             )
-        final = target_dir / filename
-        os.replace(tmp_path, final)
-        return final
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+
+    return atomic_write(_download_dir() / filename, fetch)
 
 
 def _missing_file_error(filename: str) -> FileNotFoundError:
@@ -262,8 +270,8 @@ def _resolve(dataset: str, split: str, download: bool) -> tuple[Path, dict[str, 
     """Locate, verify and read the file behind ``dataset``: (path, arrays)."""
     info = dataset_info(dataset)
     path = find_file(info.filename)
-    if path is None and dataset == "pathmnist" and not _download_requested(download):
-        subset = find_file(PATHMNIST_SUBSET)
+    if path is None:
+        subset = _offline_subset(dataset, download)
         if subset is not None:
             if split != "train":
                 raise FileNotFoundError(
@@ -288,6 +296,24 @@ def _resolve(dataset: str, split: str, download: bool) -> tuple[Path, dict[str, 
     return path, arrays
 
 
+def _offline_subset(dataset: str, download: bool) -> Path | None:
+    """The PathMNIST training subset when it stands in for a missing ``pathmnist.npz`` (no download asked)."""
+    if dataset != "pathmnist" or find_file("pathmnist.npz") is not None or _download_requested(download):
+        return None
+    return find_file(PATHMNIST_SUBSET)
+
+
+def held_out_split(dataset: str, download: bool = False) -> str:
+    """The split that held-out real images of ``dataset`` come from: ``"test"``, or ``"train"`` when only the
+    offline PathMNIST training subset is on disk (it has no other split).
+
+    With ``"train"`` the held-out images must be carved out of the training split, disjoint from the images a
+    model or classifier trains on: :func:`few_shot_split`, :func:`qdiff_lib.metrics.held_out_reference` and the
+    classifier's test images (:mod:`qdiff_lib.classifier`) each do so in their own documented way.
+    """
+    return "train" if _offline_subset(_check_dataset(dataset), download) is not None else "test"
+
+
 def _split_arrays(dataset: str, arrays: dict[str, np.ndarray], split: str) -> tuple[np.ndarray, np.ndarray]:
     if dataset == "mnist":
         return arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -295,9 +321,7 @@ def _split_arrays(dataset: str, arrays: dict[str, np.ndarray], split: str) -> tu
 
 
 def _check_split(dataset: str, split: str) -> None:
-    splits = dataset_info(dataset).splits
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r} for {dataset}; allowed: {', '.join(splits)}")
+    check_choice(f"{dataset} split", split, dataset_info(dataset).splits)
 
 
 def _check_label(dataset: str, label) -> None:
@@ -334,7 +358,8 @@ def _select(n_available: int, n: int | None, seed: int, what: str) -> np.ndarray
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer or None, got {n!r}")
     if n > n_available:
-        raise ValueError(f"n={n} is larger than the {n_available} images available for {what}; allowed: 1..{n_available}")
+        raise ValueError(
+            f"n={n} is larger than the {n_available} images available for {what}; allowed: 1..{n_available}")
     g = torch.Generator().manual_seed(int(seed))
     return torch.randperm(n_available, generator=g)[:n].numpy()
 
@@ -362,7 +387,8 @@ def load_images(
 
 
 def load_labelled(dataset: str, split: str = "train", download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of a split with their labels: ``(N, C, 28, 28)`` in [-1, 1] and ``(N,)`` (or ``(N, K)`` multi-label)."""
+    """All images of a split with their labels: ``(N, C, 28, 28)`` in [-1, 1] and ``(N,)`` (``(N, K)`` if
+    multi-label)."""
     return _load(dataset, split, None, None, 0, download)
 
 
@@ -402,8 +428,7 @@ def few_shot_split(
     """
     dataset = _check_dataset(dataset)
     train = load_images(dataset, "train", label, n_train, seed, download)
-    uses_subset = dataset == "pathmnist" and find_file("pathmnist.npz") is None and not _download_requested(download)
-    if not uses_subset:
+    if held_out_split(dataset, download) == "test":
         ref_seed = seed + 1_000_003  # independent draw from a disjoint split
         return train, load_images(dataset, "test", label, n_ref, ref_seed, download)
     with warnings.catch_warnings():
@@ -424,7 +449,7 @@ def few_shot_split(
 def available_datasets() -> dict[str, str]:
     """{dataset: path or reason} for every dataset, without reading or verifying the files."""
     out = {}
-    for name in DATASETS:
+    for name in _datasets():
         info = dataset_info(name)
         path = find_file(info.filename)
         if path is None and name == "pathmnist":

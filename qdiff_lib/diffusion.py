@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from qdiff_lib._checks import check_choice
 from qdiff_lib.noise import GaussianNoise, NoiseSource
 from qdiff_lib.schedules import get_beta_schedule
 
@@ -134,7 +135,8 @@ class Diffusion:
         """``q_sample``, eq. (1): ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise``; all (B, C, H, W), ``t`` (B,)."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise: expected {tuple(x0.shape)}, got {tuple(noise.shape)}")
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        signal = self._at(self.sqrt_alphas_cumprod, t, x0)
+        return signal * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     q_sample = add_noise
 
@@ -230,8 +232,7 @@ class Diffusion:
             progress: show a tqdm bar.
             device: where to run (default: this process's device).
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; allowed: {list(SAMPLERS)}")
+        check_choice("sampler", sampler, SAMPLERS)
         if len(shape) != 4:
             raise ValueError(f"shape: expected (B, C, H, W), got {tuple(shape)}")
         T = self.num_timesteps

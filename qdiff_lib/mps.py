@@ -20,10 +20,10 @@ decomposition is involved; the bond of the state is multiplied by ``m_k``:
   :func:`qdiff_lib.quantum.select_backend`);
 * "rzry_separable" has no entangler: bond 1.
 
-A state never needs more than ``min(2**k, 2**(n-k))`` at cut ``k``. Where a bond would exceed it, the sites on
-the short side are contracted, state and MPO together, into one block (``(B, 2**K, D, m)`` at the left edge),
-which is multiplied into the next site, and given back as fixed copy tensors (``delta`` isometries, bond
-``2**j``): an exact, SVD-free compression (:func:`_apply_mpo`). The bond at cut ``k`` after layer ``l`` is therefore exactly
+A state never needs more than ``min(2**k, 2**(n-k))`` at cut ``k``. Where a bond would exceed it, the sites on the short
+side are contracted, state and MPO together, into one block (``(B, 2**K, D, m)`` at the left edge), which is multiplied
+into the next site, and given back as fixed copy tensors (``delta`` isometries, bond ``2**j``): an exact, SVD-free
+compression (:func:`_apply_mpo`). The bond at cut ``k`` after layer ``l`` is therefore exactly
 ``d_k = min(d_k' * m_k, 2**k, 2**(n-k))`` (:func:`mps_bond_dims`); for "paper" and "rzry" that is
 ``min(2**L, 2**k, 2**(n-k))``, the Schmidt rank ``tests/test_mps.py`` measures.
 
@@ -33,9 +33,10 @@ CNOT chain of "paper" and "rzry" is never applied: it maps ``Z_i`` to the string
 expectations one left sweep with ``Z`` on every site gives (as the statevector backend folds the last permutation
 into its measurement), so ``L`` layers run with bond ``2**(L-1)``.
 
-Cost: about ``B n (4 L (D m)^2 + 12 D^3)`` complex multiply-adds forward (:func:`mps_macs`), twice that
-backward, and ``~10 n`` small batched operations: linear in ``n`` for a fixed bond. Shots are drawn exactly (sequential conditional sampling of all wires of a row from the same
-samples, as on hardware); the depolarizing channel needs a density matrix: use backend ``"torch"``.
+Cost: about ``B n (4 L (D m)^2 + 12 D^3)`` complex multiply-adds forward (:func:`mps_macs`), twice that backward, and
+``~10 n`` small batched operations: linear in ``n`` for a fixed bond. Shots are drawn exactly (sequential conditional
+sampling of all wires of a row from the same samples, as on hardware); the depolarizing channel needs a density matrix:
+use backend ``"torch"``.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def _plan(ansatz: str, n: int, n_layers: int, fold: bool) -> _Plan:
         m = _mpo_bonds(cols)
         if max(m) == 1:  # no entangler (or n == 1): M is the identity
             continue
-        grown = [b * mk for b, mk in zip(bonds, m)]
+        grown = [b * mk for b, mk in zip(bonds, m, strict=True)]
         left, right = _edges(grown, n)
         bonds = [1 << k if k <= left else 1 << (n - k) if k >= right else g for k, g in enumerate(grown)]
         bonds[0] = bonds[n] = 1
@@ -260,12 +261,13 @@ def mps_peak_bytes(
 ) -> int:
     """Estimated peak memory of :func:`expectations_mps` for one batch, from the plan's padded bonds ``D``.
 
-    With ``grad``, everything saved for backward: every MPO step's tensors (bulk sites ``2 (D m)^2`` each, the
-    edge blocks and the restacked state) and, for the measurement, ``12 D^2`` per site (environments, the
-    products saved for backward, the batched contraction). Without ``grad``, the larger of 2.5 times the
-    largest tensor of a step (with its inputs and intermediates) and the measurement's ``8 D^2`` per site. ``shots`` adds the sampler's vectors. Measured resident-set growth (batch 64, float32,
-    ``tests/test_mps.py``): the estimate is 1.0 to 1.4 times it, e.g. 433 MiB against 367 MiB for "rzry",
-    40 qubits, 6 layers (bond 32), 2016 against 1478 MiB for "strong", 12 qubits, 3 layers (bond 64).
+    With ``grad``, everything saved for backward: every MPO step's tensors (bulk sites ``2 (D m)^2`` each, the edge
+    blocks and the restacked state) and, for the measurement, ``12 D^2`` per site (environments, the products saved for
+    backward, the batched contraction). Without ``grad``, the larger of 2.5 times the largest tensor of a step (with its
+    inputs and intermediates) and the measurement's ``8 D^2`` per site. ``shots`` adds the sampler's vectors. Measured
+    resident-set growth (batch 64, float32, ``tests/test_mps.py``): the estimate is 1.0 to 1.4 times it, e.g. 433 MiB
+    against 367 MiB for "rzry", 40 qubits, 6 layers (bond 32), 2016 against 1478 MiB for "strong", 12 qubits, 3 layers
+    (bond 64).
     """
     itemsize = torch.empty((), dtype=_complex_dtype(dtype)).element_size()
     plan = _plan(ansatz, n_qubits, n_layers, _folds(ansatz, n_qubits))

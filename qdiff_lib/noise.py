@@ -36,11 +36,15 @@ would draw the outcomes physically (and add its own noise, which ``readout_error
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import pennylane as qml
 import torch
+
+from qdiff_lib._checks import check_choice
+
+if TYPE_CHECKING:  # PennyLane is imported by the quantum sources only: plain DDPM never loads it
+    import pennylane as qml
 
 __all__ = [
     "NoiseSource",
@@ -97,11 +101,6 @@ class GaussianNoise:
         return "GaussianNoise()"
 
 
-def _check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {list(allowed)}")
-
-
 def _check_probability(name: str, value: float, high: float) -> float:
     value = float(value)
     if not 0.0 <= value <= high:
@@ -137,7 +136,7 @@ def noise_circuit(
     touches (gate noise, simulated on ``default.mixed``; at most :data:`MAX_NOISY_QUBITS` qubits).
     Wire 0 is the most significant bit of the outcome index (PennyLane's convention).
     """
-    _check_choice("circuit", circuit, CIRCUITS)
+    check_choice("circuit", circuit, CIRCUITS)
     if not isinstance(n_qubits, int) or isinstance(n_qubits, bool) or not 1 <= n_qubits <= MAX_QUBITS:
         raise ValueError(f"n_qubits must be an integer in [1, {MAX_QUBITS}], got {n_qubits!r}")
     depolarizing = _check_probability("depolarizing", depolarizing, 1.0)
@@ -149,6 +148,8 @@ def noise_circuit(
     gamma = float(entangling_angle)
     if not math.isfinite(gamma):
         raise ValueError(f"entangling_angle must be finite, got {entangling_angle!r}")
+    import pennylane as qml  # lazily: only the quantum noise sources need it
+
     device = qml.device("default.mixed" if depolarizing > 0 else "default.qubit", wires=n_qubits)
 
     def gate_noise(*wires: int) -> None:
@@ -202,10 +203,10 @@ def _alias_tables(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     small = [i for i, q in enumerate(scaled) if q < 1.0]
     large = [i for i, q in enumerate(scaled) if q >= 1.0]
     while small and large:
-        s, l = small.pop(), large.pop()
-        accept[s], alias[s] = scaled[s], l
-        scaled[l] -= 1.0 - scaled[s]
-        (small if scaled[l] < 1.0 else large).append(l)
+        s, g = small.pop(), large.pop()  # a small and a large bucket: g tops s up to 1
+        accept[s], alias[s] = scaled[s], g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
     # what is left has scaled probability 1 up to rounding: always accept
     return torch.tensor(accept, dtype=torch.float64), torch.tensor(alias, dtype=torch.int64)
 
@@ -250,7 +251,7 @@ class QuantumNoise:
         depolarizing: float = 0.0,
         device: torch.device | str = "cpu",
     ):
-        _check_choice("mapping", mapping, MAPPINGS)
+        check_choice("mapping", mapping, MAPPINGS)
         self.qnode = noise_circuit(circuit, n_qubits, entangling_angle, depolarizing)
         if qubits_per_value is None:
             qubits_per_value = max(1, n_qubits // 2)
@@ -406,7 +407,7 @@ class HybridNoise:
         lambda_start: float = 0.0,
         lambda_end: float = 1.0,
     ):
-        _check_choice("hybrid weight", weight, HYBRID_WEIGHTS)
+        check_choice("hybrid weight", weight, HYBRID_WEIGHTS)
         if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
             raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
         self.quantum = quantum
@@ -460,7 +461,7 @@ def make_noise_source(
     (``weight``, ``lambda_start``, ``lambda_end``) and its :class:`QuantumNoise` (the rest) for ``"hybrid"``;
     ``"gaussian"`` takes none.
     """
-    _check_choice("noise source", name, NOISE_SOURCES)
+    check_choice("noise source", name, NOISE_SOURCES)
     if name == "gaussian":
         if kwargs:
             raise ValueError(f"options {sorted(kwargs)} do not apply to the gaussian noise source")

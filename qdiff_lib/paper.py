@@ -1,7 +1,8 @@
 """What the paper and its official repository report, as data (quoted, not computed).
 
-Source: arXiv:2504.00034 (abstract) and the official README of ChiShengChen/Quantum_MNIST_Diffusion, as
-collected in the project's PAPER.md. The results chapter sets these beside the project's own numbers.
+Source: arXiv:2504.00034 (abstract) and the official README of ChiShengChen/Quantum_MNIST_Diffusion (quoted as
+published; the book's introduction, ``intro.md``, lists what they leave out). The results chapter sets these beside
+the project's own numbers.
 """
 
 from __future__ import annotations

@@ -53,10 +53,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from qdiff_lib._checks import check_choice
 from qdiff_lib.circuits import (
     ANSATZE,
     Ansatz,
-    _check_choice,
     _check_sizes,
     _complex_dtype,
     circuit,
@@ -151,7 +151,7 @@ def select_backend(
     operations cost a fixed time each; :func:`qdiff_lib.mps.mps_macs`, forward and twice that backward), with
     constants measured on the project's CPU (see the comment above).
     """
-    _check_choice("ansatz", ansatz, ANSATZE)
+    check_choice("ansatz", ansatz, ANSATZE)
     _check_sizes(n_layers, n_qubits)
     if depolarizing > 0.0 or n_qubits <= AUTO_STATEVECTOR_MAX_QUBITS:
         return "torch"
@@ -204,9 +204,9 @@ class QuantumLayer(nn.Module):
         group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
         super().__init__()
-        _check_choice("ansatz", ansatz, ANSATZE)
-        _check_choice("backend", backend, BACKENDS)
-        _check_choice("weight_init", weight_init, WEIGHT_INITS)
+        check_choice("ansatz", ansatz, ANSATZE)
+        check_choice("backend", backend, BACKENDS)
+        check_choice("weight_init", weight_init, WEIGHT_INITS)
         _complex_dtype(dtype)
         _check_sizes(n_layers, n_qubits)
         if shots is not None and shots < 1:

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from qdiff_lib._checks import check_choice
+
 __all__ = [
     "linear_beta_schedule",
     "cosine_beta_schedule",
@@ -79,13 +81,13 @@ def tailored_beta_schedule(
 
         p(lambda) = (1 - floor) * N(lambda; logsnr_mean, logsnr_std^2) / Z + floor / (logsnr_max - logsnr_min)
 
-    on ``[logsnr_min, logsnr_max]`` (``Z`` the normal mass inside the interval), and
-    ``lambda(u) = F^{-1}(1 - u)`` with ``F`` its CDF. Rationale: with fewer than ~100 images, steps at high log-SNR (faint noise) teach the
-    denoiser the fine detail of a few memorisable images and steps at very low log-SNR (almost pure noise) have a
-    near-trivial target; the structure of a digit is decided at intermediate log-SNR, so the Gaussian part puts
-    more of the steps there than cosine does (std 1.5, about half of cosine's pi), and the uniform floor keeps
-    every log-SNR reached with a bounded step. ``logsnr_min = -12`` makes ``abar_T = sigmoid(-12) ~ 6e-6``, so ``x_T`` is
-    noise; ``logsnr_max = 10`` gives a first beta of about 5e-5 at T = 1000.
+    on ``[logsnr_min, logsnr_max]`` (``Z`` the normal mass inside the interval), and ``lambda(u) = F^{-1}(1 - u)`` with
+    ``F`` its CDF. Rationale: with fewer than ~100 images, steps at high log-SNR (faint noise) teach the denoiser the
+    fine detail of a few memorisable images and steps at very low log-SNR (almost pure noise) have a near-trivial
+    target; the structure of a digit is decided at intermediate log-SNR, so the Gaussian part puts more of the steps
+    there than cosine does (std 1.5, about half of cosine's pi), and the uniform floor keeps every log-SNR reached with
+    a bounded step. ``logsnr_min = -12`` makes ``abar_T = sigmoid(-12) ~ 6e-6``, so ``x_T`` is noise;
+    ``logsnr_max = 10`` gives a first beta of about 5e-5 at T = 1000.
 
     ``alphas_cumprod[i] = sigmoid(lambda((i + 1) / T))`` for ``i = 0 .. T-1`` (so ``alphas_cumprod[-1] =
     sigmoid(logsnr_min)``), inverted by bisection in float64; betas clipped to at most 0.999 (as the others).
@@ -135,8 +137,7 @@ def get_beta_schedule(name: str, timesteps: int, **kwargs: float) -> torch.Tenso
 
     ``kwargs`` are the schedule's shape parameters (e.g. ``floor`` of :func:`tailored_beta_schedule`).
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown beta schedule {name!r}; allowed: {sorted(SCHEDULES)}")
+    check_choice("beta schedule", name, sorted(SCHEDULES))
     return SCHEDULES[name](timesteps, **kwargs)
 
 
@@ -164,8 +165,7 @@ def timestep_weights(
     ``schedule`` is a schedule name (:data:`SCHEDULES`) or a betas tensor ``(timesteps,)``; only
     ``"logsnr_gaussian"`` uses it.
     """
-    if name not in TIMESTEP_DISTRIBUTIONS:
-        raise ValueError(f"unknown timestep distribution {name!r}; allowed: {list(TIMESTEP_DISTRIBUTIONS)}")
+    check_choice("timestep distribution", name, TIMESTEP_DISTRIBUTIONS)
     _check_timesteps(timesteps)
     if name == "uniform":
         return torch.full((timesteps,), 1.0 / timesteps, dtype=torch.float64)

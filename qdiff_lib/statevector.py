@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
+from qdiff_lib._checks import check_choice
 from qdiff_lib.circuits import (
     ANSATZE,
-    _check_choice,
     _check_inputs,
     _complex_dtype,
     _rotation_angles,
@@ -117,7 +117,7 @@ def _permute_columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         src, dst = x.view(torch.int64), out.view(torch.int64)
     else:
         src, dst = torch.view_as_real(x), torch.view_as_real(out)
-    for row_in, row_out in zip(src, dst):
+    for row_in, row_out in zip(src, dst, strict=True):
         torch.index_select(row_in, 0, idx, out=row_out)
     return out
 
@@ -212,7 +212,7 @@ def peak_bytes(
     only (3 states pure, 7 density). ``shots`` adds the detached probabilities and the counts (one state).
     Checked against the measured resident-set growth in ``tests/test_quantum.py`` (12-14 qubits).
     """
-    _check_choice("ansatz", ansatz, ANSATZE)
+    check_choice("ansatz", ansatz, ANSATZE)
     n_groups = -(-(2 * n_qubits if density else n_qubits) // group_size)
     if density:
         states = (n_layers - 1) * n_groups + 7.0 if grad else 7.0

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from qdiff_lib._checks import check_choice
+
 __all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "sign_comparison", "verdict", "VERDICTS", "holm_adjust",
            "format_interval", "table_with_intervals"]
 
@@ -44,8 +46,7 @@ def bootstrap_ci(
 
     Returns ``{"mean", "ci_low", "ci_high", "n"}`` (``mean`` is ``statistic(values)``).
     """
-    if method not in BOOTSTRAP_METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(BOOTSTRAP_METHODS)}")
+    check_choice("method", method, BOOTSTRAP_METHODS)
     x = np.asarray(values, dtype=float).ravel()
     if x.size == 0:
         raise ValueError("bootstrap_ci: expected at least one value, got none")
@@ -65,7 +66,8 @@ def bootstrap_ci(
         rng=np.random.default_rng(seed),
         vectorized=vectorized,
     )
-    return {"mean": point, "ci_low": float(res.confidence_interval.low), "ci_high": float(res.confidence_interval.high), "n": int(x.size)}
+    interval = res.confidence_interval
+    return {"mean": point, "ci_low": float(interval.low), "ci_high": float(interval.high), "n": int(x.size)}
 
 
 def paired_comparison(
@@ -92,7 +94,8 @@ def paired_comparison(
     """
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"paired_comparison: a and b must have the same length (one value per seed), got {a.size} and {b.size}")
+        raise ValueError(
+            f"paired_comparison: a and b must have the same length (one value per seed), got {a.size} and {b.size}")
     if a.size < 2:
         raise ValueError(f"paired_comparison: expected at least 2 pairs, got {a.size}")
     if np.isnan(a).any() or np.isnan(b).any():
@@ -287,7 +290,7 @@ def table_with_intervals(
     rows = []
     for key, group in df.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key))
+        row = dict(zip(by, key, strict=True))
         for m in metrics:
             ci = bootstrap_ci(group[m].dropna().to_numpy(), n_boot=n_boot, alpha=alpha, seed=seed)
             row[m] = format_interval(ci["mean"], ci["ci_low"], ci["ci_high"], digits)

@@ -1,27 +1,33 @@
 """Studies: named grids of runs, profiles, resumable execution and compact result files.
 
-A *run* is one :class:`qdiff_lib.cli.RunOptions` (train one model, sample, score). A *study* is a named grid of
+A *run* is one :class:`qdiff_lib.experiment.RunOptions` (train one model, sample, score). A *study* is a named grid of
 runs (``mnist``, ``medmnist``, ``scaling``, ``noise_schedules``) built for a *profile*:
 
 * ``ci``: small budgets, so that every chapter executes in CI;
 * ``full``: the study behind the verdicts (2000 optimiser steps, 3 seeds, 500 samples per configuration).
 
-:func:`run_study` executes the runs one after the other. Each finished run leaves a small JSON summary
+:func:`run_study` executes the runs, several at once on local worker processes (``--workers N``, default: one
+per core, one torch thread each) or on a running Dask cluster (``--scheduler ADDRESS``); see
+:mod:`qdiff_lib.parallel`. Each finished run writes, at once and atomically, a small JSON summary
 ``results/<profile>/<study>/<key>.json`` (options, metrics, a down-sampled loss curve, timings, versions, commit,
 the command that produced it, and a preview of its first samples quantised to 8 bits, so that the book can show
 what each committed model draws); a run whose summary exists is never recomputed, and an interrupted run resumes
-from its training checkpoint under ``runs/`` (outside git). ``python -m qdiff_lib study --profile full`` (``make
-study``) runs every study of the profile.
+from its training checkpoint under ``runs/`` (outside git). A run that fails is reported with its error and the
+others go on; the command then exits with status 1. The files do not depend on where a run was computed: every run
+is seeded from its options and runs with the same numerics and torch threads. ``python -m qdiff_lib study
+--profile full`` (``make study``) runs every study of the profile.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +37,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qdiff_lib import REPO_ROOT
+from qdiff_lib import REPO_ROOT, experiment, numerics
+from qdiff_lib._checks import check_choice
 from qdiff_lib._io import atomic_write
+from qdiff_lib.experiment import KEY_NEUTRAL, RESULT_NAME, SAMPLES_NAME, RunOptions, positive_int
+from qdiff_lib.parallel import Executor, TaskFailure, default_workers
 
 __all__ = [
     "ARMS",
@@ -45,6 +54,7 @@ __all__ = [
     "run_key",
     "run_one",
     "run_study",
+    "StudyFailed",
     "encode_preview",
     "decode_preview",
     "load_previews",
@@ -108,22 +118,14 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def _check(kind: str, value: str, allowed: Iterable[str]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {allowed}")
-
-
 def profile(name: str) -> Profile:
-    _check("profile", name, PROFILES)
+    check_choice("profile", name, PROFILES)
     return PROFILES[name]
 
 
-def arm_options(arm: str, **overrides: Any):
+def arm_options(arm: str, **overrides: Any) -> RunOptions:
     """RunOptions for ``arm`` (a key of :data:`ARMS`) with ``overrides`` (any RunOptions field)."""
-    from qdiff_lib.cli import RunOptions
-
-    _check("arm", arm, ARMS)
+    check_choice("arm", arm, ARMS)
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -183,7 +185,7 @@ STUDIES = {"mnist": _mnist, "medmnist": _medmnist, "scaling": _scaling, "noise_s
 
 def study_runs(study: str, profile_name: str = "ci") -> list:
     """The RunOptions of ``study`` under ``profile_name``."""
-    _check("study", study, STUDIES)
+    check_choice("study", study, STUDIES)
     return STUDIES[study](profile(profile_name))
 
 
@@ -201,8 +203,6 @@ def _arm_signature(values: dict[str, Any]) -> tuple:
 
 def arm_of(options) -> str:
     """The name in :data:`ARMS` of a run's options (a RunOptions or its dict), or a descriptive name if none fits."""
-    from qdiff_lib.cli import RunOptions
-
     values = options if isinstance(options, dict) else dataclasses.asdict(options)
     defaults = dataclasses.asdict(RunOptions())
     signature = _arm_signature(values)
@@ -218,10 +218,8 @@ def run_key(options) -> str:
     """A readable, stable name for a run: dataset, label, n, arm, seed, and a hash of every option.
 
     Options added after the first study are left out of the hash while they have their neutral value
-    (:data:`qdiff_lib.cli.KEY_NEUTRAL`), so that earlier runs keep their names.
+    (:data:`qdiff_lib.experiment.KEY_NEUTRAL`), so that earlier runs keep their names.
     """
-    from qdiff_lib.cli import KEY_NEUTRAL
-
     values = dataclasses.asdict(options)
     for name, neutral in KEY_NEUTRAL.items():
         if values.get(name) == neutral:
@@ -296,9 +294,7 @@ def decode_preview(preview: dict[str, Any]) -> torch.Tensor:
 
 def _with_preview(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """``summary`` plus the preview of ``run_dir``'s samples, when they exist and it has none yet."""
-    from qdiff_lib import cli
-
-    samples = run_dir / cli.SAMPLES_NAME
+    samples = run_dir / SAMPLES_NAME
     if "preview" in summary or not samples.exists():
         return summary
     with np.load(samples) as f:
@@ -316,8 +312,6 @@ def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | 
     Training state lives in ``runs_root/<key>`` (default ``<repo>/runs``, ignored by git), so an interrupted run
     resumes from its checkpoint.
     """
-    from qdiff_lib import cli
-
     key = run_key(options)
     summary_path = Path(out_dir) / f"{key}.json"
     run_dir = Path(runs_root if runs_root is not None else REPO_ROOT / "runs") / key
@@ -327,22 +321,20 @@ def run_one(options, out_dir: str | os.PathLike, runs_root: str | os.PathLike | 
         if with_preview is not summary:
             _write_summary(summary_path, with_preview)
         return with_preview
-    result_path = run_dir / cli.RESULT_NAME
+    result_path = run_dir / RESULT_NAME
     if result_path.exists():
         record = json.loads(result_path.read_text())
         if record["config"]["options"] != json.loads(json.dumps(dataclasses.asdict(options))):
-            record = cli.run(options, run_dir, force=True, progress=progress)
+            record = experiment.run(options, run_dir, force=True, progress=progress)
     else:
-        record = cli.run(options, run_dir, force=False, progress=progress)
+        record = experiment.run(options, run_dir, force=False, progress=progress)
     summary = _with_preview(_summary(record, command), run_dir)
     _write_summary(summary_path, summary)
     return summary
 
 
 def parse_filters(items: Iterable[str] | None) -> dict[str, Any]:
-    """``["label=3", "bottleneck=se"]`` -> ``{"label": 3, "bottleneck": "se"}`` (values parsed as JSON when they can be)."""
-    from qdiff_lib.cli import RunOptions
-
+    """``["label=3", "bottleneck=se"]`` -> ``{"label": 3, "bottleneck": "se"}`` (values read as JSON if they are)."""
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     out: dict[str, Any] = {}
     for item in items or []:
@@ -361,27 +353,57 @@ def select(runs: list, filters: dict[str, Any]) -> list:
     return [o for o in runs if all(getattr(o, k) == v for k, v in filters.items())]
 
 
+class StudyFailed(RuntimeError):
+    """Some runs of a study failed (the others finished); ``failures`` lists each run's key and error."""
+
+    def __init__(self, study: str, failures: list[TaskFailure]):
+        self.study = study
+        self.failures = failures
+        super().__init__(f"{len(failures)} run(s) of study {study!r} failed:\n" + "\n".join(f"  {f}" for f in failures))
+
+
+def _run_task(options: RunOptions, out_dir: Path, runs_root: Path, command: str, threads: int, pinned: bool) -> None:
+    """One run of a study, in whichever process computes it (this one or a Dask worker): :func:`run_one` with
+    ``threads`` torch threads, after checking that the process runs the pinned numerics when ``pinned``."""
+    if pinned and (problems := numerics.check()):
+        raise RuntimeError(
+            "this worker does not run the pinned numerics (" + "; ".join(problems) + "): start Dask workers with "
+            "`--preload qdiff_lib` and export " + " ".join(f"{k}={v}" for k, v in numerics.PINNED_ENV.items())
+        )
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_one(options, out_dir, runs_root=runs_root, progress=False, command=command)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_study(study: str, profile_name: str = "ci", root: str | os.PathLike | None = None,
               runs_root: str | os.PathLike | None = None, progress: bool = True, limit: int | None = None,
-              filters: dict[str, Any] | None = None) -> pd.DataFrame:
+              filters: dict[str, Any] | None = None, workers: int = 1, scheduler: str | None = None,
+              threads: int | None = None, executor: Executor | None = None) -> pd.DataFrame:
     """Run every configuration of ``study`` (skipping finished ones) and return :func:`load_results`.
 
     ``limit`` stops after that many runs have been computed in this call (None: all); ``filters`` keeps only the
-    runs whose options match (e.g. ``{"label": 3}``).
+    runs whose options match (e.g. ``{"label": 3}``). The runs are computed by ``executor``, or by an
+    :class:`~qdiff_lib.parallel.Executor` with ``workers`` local processes or on the Dask cluster at ``scheduler``,
+    each with ``threads`` torch threads (default: this process's count). Each finished run writes its summary at
+    once. A run that raises does not stop the others: when all have finished, :class:`StudyFailed` names the
+    failed ones with their errors.
     """
-    from tqdm.auto import tqdm
-
     runs = select(study_runs(study, profile_name), filters or {})
-    out = results_dir(profile_name, study, root)
+    out = results_dir(profile_name, study, root).resolve()
+    runs_root = Path(runs_root if runs_root is not None else REPO_ROOT / "runs").resolve()
     command = f"python -m qdiff_lib study --profile {profile_name} --study {study}" + "".join(
         f" --filter {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (filters or {}).items())
-    computed = 0
-    for options in tqdm(runs, desc=f"{study} ({profile_name})", disable=not progress):
-        if limit is not None and computed >= limit and not (out / f"{run_key(options)}.json").exists():
-            break
-        existed = (out / f"{run_key(options)}.json").exists()
-        run_one(options, out, runs_root=runs_root, progress=False, command=command)
-        computed += not existed
+    pending = [o for o in runs if not (out / f"{run_key(o)}.json").exists()]
+    threads = torch.get_num_threads() if threads is None else threads
+    pinned = not numerics.check()
+    tasks = {run_key(o): (o, out, runs_root, command, threads, pinned) for o in pending[:limit]}
+    with Executor(workers, scheduler) if executor is None else contextlib.nullcontext(executor) as running:
+        failures = running.run(_run_task, tasks, progress, desc=f"{study} ({profile_name})")
+    if failures:
+        raise StudyFailed(study, failures)
     return load_results(profile_name, study, root)
 
 
@@ -426,8 +448,6 @@ RECHECK_FINAL_LOSS_RTOL = 0.10
 
 def recheck_mode(summary: dict[str, Any]) -> str:
     """``exact`` when ``summary`` is pinned and this process runs the pinned numerics, else ``tolerance``."""
-    from qdiff_lib import numerics
-
     return "exact" if is_pinned(summary) and not numerics.check() else "tolerance"
 
 
@@ -452,17 +472,19 @@ def recheck_differences(ref: dict[str, Any], got: dict[str, Any], mode: str) -> 
     the final loss within :data:`RECHECK_FINAL_LOSS_RTOL`, and every metric that carries a standard error
     (``mean``, ``se``) within :data:`RECHECK_Z` combined standard errors; metrics without one are not compared.
     """
-    if mode not in RECHECK_MODES:
-        raise ValueError(f"unknown re-check mode {mode!r}; allowed: {list(RECHECK_MODES)}")
+    check_choice("re-check mode", mode, RECHECK_MODES)
     problems = []
     if got["n_parameters"] != ref["n_parameters"] or got["n_reference"] != ref["n_reference"]:
         problems.append(f"parameter or reference counts differ: {got['n_parameters']}, {got['n_reference']} "
                         f"!= {ref['n_parameters']}, {ref['n_reference']}")
     if mode == "exact":
-        if got["loss_curve"] != ref["loss_curve"]:
-            first = next(i for i, (a, b) in enumerate(zip(got["loss_curve"], ref["loss_curve"])) if a != b)
-            problems.append(f"loss curve differs from window {first}: {got['loss_curve'][first]} != "
-                            f"{ref['loss_curve'][first]}")
+        curve, committed = got["loss_curve"], ref["loss_curve"]
+        if curve != committed:
+            first = next((i for i, (a, b) in enumerate(zip(curve, committed, strict=False)) if a != b), None)
+            if first is None:  # one is the beginning of the other
+                problems.append(f"loss curve has {len(curve)} windows, the committed one {len(committed)}")
+            else:
+                problems.append(f"loss curve differs from window {first}: {curve[first]} != {committed[first]}")
         if got["final_loss"] != ref["final_loss"]:
             problems.append(f"final loss {got['final_loss']!r} != {ref['final_loss']!r}")
         want, have = _numeric_leaves(ref["metrics"]), _numeric_leaves(got["metrics"])
@@ -538,19 +560,30 @@ def add_arguments(p) -> None:
                    help="a study to run; repeat for several (default: all, in the order "
                         + ", ".join(STUDIES) + ")")
     p.add_argument("--limit", type=int, default=None,
-                   help="stop after computing this many new runs (default: no limit); finished runs are never recomputed")
+                   help="stop after computing this many new runs (default: no limit); finished runs are never "
+                        "recomputed")
     p.add_argument("--results-root", type=Path, default=None,
                    help="where summaries go (default: <repo>/results): <root>/<profile>/<study>/<key>.json")
     p.add_argument("--runs-root", type=Path, default=None,
                    help="training checkpoints and samples, outside git (default: <repo>/runs)")
     p.add_argument("--filter", dest="filters", action="append", metavar="KEY=VALUE",
                    help="keep only the runs whose option KEY equals VALUE, e.g. --filter label=3; repeatable")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="runs computed at once by local worker processes, each with --threads torch threads "
+                            f"(default: the number of cores, {default_workers()} here; 1: in this process)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="submit the runs to the running Dask cluster whose scheduler listens at ADDRESS, e.g. "
+                            "tcp://10.0.0.5:8786 (its workers must share the results and runs folders)")
     p.add_argument("--list", action="store_true", help="list the runs and whether each is done, then exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def main(args, parser=None) -> int:
-    """Entry point of ``python -m qdiff_lib study``: run each requested study, then print what is done."""
+    """Entry point of ``python -m qdiff_lib study``: run each requested study, then print what is done.
+
+    Returns 1 when a run failed (each failure is printed with its key and error; the other runs finished), else 0.
+    """
     studies = args.studies or list(STUDIES)
     if args.limit is not None and args.limit < 0:
         (parser.error if parser else SystemExit)(f"--limit must be >= 0, got {args.limit}")
@@ -561,20 +594,40 @@ def main(args, parser=None) -> int:
             raise
         parser.error(str(error))
     remaining = args.limit
-    for name in studies:
-        runs = select(study_runs(name, args.profile), filters)
-        out = results_dir(args.profile, name, args.results_root)
-        done = sum((out / f"{run_key(o)}.json").exists() for o in runs)
-        print(f"{name} ({args.profile}): {done}/{len(runs)} runs done, summaries in {out}", flush=True)
-        if args.list:
-            for o in runs:
-                print(f"  {'done   ' if (out / f'{run_key(o)}.json').exists() else 'pending'} {run_key(o)}")
-        if args.list or remaining == 0:
-            continue
-        run_study(name, args.profile, root=args.results_root, runs_root=args.runs_root,
-                  progress=not args.no_progress, limit=remaining, filters=filters)
-        now = sum((out / f"{run_key(o)}.json").exists() for o in runs)
-        if remaining is not None:
-            remaining -= now - done
-        print(f"{name} ({args.profile}): {now}/{len(runs)} runs done", flush=True)
-    return 0
+    workers = args.workers or default_workers()
+    failed = 0
+    with Executor(workers, args.scheduler) as executor:
+        for name in studies:
+            runs = select(study_runs(name, args.profile), filters)
+            out = results_dir(args.profile, name, args.results_root)
+            done = sum((out / f"{run_key(o)}.json").exists() for o in runs)
+            print(f"{name} ({args.profile}): {done}/{len(runs)} runs done, summaries in {out}", flush=True)
+            if args.list:
+                for o in runs:
+                    print(f"  {'done   ' if (out / f'{run_key(o)}.json').exists() else 'pending'} {run_key(o)}")
+            if args.list or remaining == 0 or done == len(runs):
+                continue
+            todo = len(runs) - done if remaining is None else min(len(runs) - done, remaining)
+            print(f"{name} ({args.profile}): computing {todo} run(s) {executor.where(todo)}, {args.threads} torch "
+                  "thread(s) each", flush=True)
+            try:
+                run_study(name, args.profile, root=args.results_root, runs_root=args.runs_root,
+                          progress=not args.no_progress, limit=remaining, filters=filters, threads=args.threads,
+                          executor=executor)
+            except ConnectionError as error:  # --scheduler names no running scheduler
+                if parser is None:
+                    raise
+                parser.error(str(error))
+            except StudyFailed as error:
+                failed += len(error.failures)
+                for failure in error.failures:
+                    print(f"{name} ({args.profile}): run {failure.name} failed: {failure.error}", file=sys.stderr,
+                          flush=True)
+            now = sum((out / f"{run_key(o)}.json").exists() for o in runs)
+            if remaining is not None:
+                remaining -= now - done
+            print(f"{name} ({args.profile}): {now}/{len(runs)} runs done", flush=True)
+    if failed:
+        print(f"{failed} run(s) failed (listed above); the others are done. Fix the cause and rerun the same "
+              "command: finished runs are skipped.", file=sys.stderr)
+    return 1 if failed else 0

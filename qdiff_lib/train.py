@@ -14,11 +14,12 @@ eq. 14) by Adam (lr 3e-4), keeping an exponential moving average of the weights 
 All draws are made on the CPU and moved to the device, so a run draws the same numbers on CPU and CUDA; on the
 CPU the loss history is bit-identical for the same seed.
 
-Checkpoints (``checkpoint_dir/checkpoint.pt``) hold the model, the EMA, the optimiser, the generator state (and
-that of any submodule's ``.generator``, e.g. a quantum layer sampling shots), the step and the loss history; they are written atomically (a temporary file, then ``os.replace``) every
-``checkpoint_every`` steps and at the end. :func:`train` resumes from the checkpoint it finds, and an interrupted
-run resumed gives the same result as an uninterrupted one. A non-finite loss (or non-finite weights before a
-checkpoint) stops the run with :class:`NonFiniteError` naming the step; the last good checkpoint stays on disk.
+Checkpoints (``checkpoint_dir/checkpoint.pt``) hold the model, the EMA, the optimiser, the generator state (and that of
+any submodule's ``.generator``, e.g. a quantum layer sampling shots), the step and the loss history; they are written
+atomically (a temporary file, then ``os.replace``) every ``checkpoint_every`` steps and at the end. :func:`train`
+resumes from the checkpoint it finds, and an interrupted run resumed gives the same result as an uninterrupted one. A
+non-finite loss (or non-finite weights before a checkpoint) stops the run with :class:`NonFiniteError` naming the step;
+the last good checkpoint stays on disk.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qdiff_lib import schedules
+from qdiff_lib._checks import check_choice
 from qdiff_lib._io import atomic_write
 from qdiff_lib._memory import release_memory
 from qdiff_lib.diffusion import Diffusion
@@ -62,11 +64,6 @@ DEFAULT_STEPS = 2000
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Optimiser steps between calls of :func:`qdiff_lib._memory.release_memory` (a few milliseconds each).
 RELEASE_EVERY = 50
-
-
-def _check_choice(kind: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {list(allowed)}")
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -129,10 +126,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if not isinstance(self.ema_warmup, bool):
             raise ValueError(f"ema_warmup must be True or False, got {self.ema_warmup!r}")
-        _check_choice("beta schedule", self.schedule, sorted(schedules.SCHEDULES))
+        check_choice("beta schedule", self.schedule, sorted(schedules.SCHEDULES))
         _check_positive_int("timesteps", self.timesteps, minimum=2)
-        _check_choice("noise source", self.noise, NOISE_SOURCES)
-        _check_choice("timestep distribution", self.timestep_distribution, schedules.TIMESTEP_DISTRIBUTIONS)
+        check_choice("noise source", self.noise, NOISE_SOURCES)
+        check_choice("timestep distribution", self.timestep_distribution, schedules.TIMESTEP_DISTRIBUTIONS)
         _check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         _check_positive_int("seed", self.seed, minimum=0)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):

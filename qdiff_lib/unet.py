@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qdiff_lib._checks import check_choice
+
 __all__ = [
     "BOTTLENECKS",
     "GATES",
@@ -83,11 +85,6 @@ CHANNELS = (32, 64, 128)
 IMAGE_SIZE = 28
 
 
-def _check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {list(allowed)}")
-
-
 def timestep_embedding(t: torch.Tensor, dim: int = 128) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps, as the official code (Vaswani et al. 2017, Ho et al. 2020).
 
@@ -113,7 +110,7 @@ class ClassicalNonlinearity(nn.Module):
 
     def __init__(self, name: Nonlinearity = "tanh"):
         super().__init__()
-        _check_choice("nonlinearity", name, NONLINEARITIES)
+        check_choice("nonlinearity", name, NONLINEARITIES)
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,8 +146,8 @@ class SqueezeExcitationGate(nn.Module):
         freeze_squeeze: bool = False,
     ):
         super().__init__()
-        _check_choice("gate", gate, GATES)
-        _check_choice("angle_scaling", angle_scaling, ANGLE_SCALINGS)
+        check_choice("gate", gate, GATES)
+        check_choice("angle_scaling", angle_scaling, ANGLE_SCALINGS)
         self.gate = gate
         self.angle_scaling = angle_scaling
         self.squeeze = nn.Linear(channels, width)
@@ -224,10 +221,10 @@ class UNet(nn.Module):
         freeze_circuit: bool = False,
     ):
         super().__init__()
-        _check_choice("bottleneck", bottleneck, BOTTLENECKS)
-        _check_choice("gate", gate, GATES)
-        _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        _check_choice("angle_scaling", angle_scaling, ANGLE_SCALINGS)
+        check_choice("bottleneck", bottleneck, BOTTLENECKS)
+        check_choice("gate", gate, GATES)
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        check_choice("angle_scaling", angle_scaling, ANGLE_SCALINGS)
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
         if not isinstance(n_qubits, int) or n_qubits < 1:

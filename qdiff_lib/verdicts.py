@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from qdiff_lib._checks import check_choice
 from qdiff_lib.stats import holm_adjust, paired_by, paired_comparison, sign_comparison
 
 __all__ = ["compare_arms", "compare_group_means", "equivalence_test", "minimum_detectable_effect", "claim_verdict",
@@ -243,8 +244,7 @@ def minimum_detectable_effect(
         n, sd = d.size, float(d.std(ddof=1)) if d.size > 1 else float("nan")
     elif sd is None or n is None:
         raise ValueError("minimum_detectable_effect: give differences, or both sd and n")
-    if alternative not in ALTERNATIVES:
-        raise ValueError(f"unknown alternative {alternative!r}; allowed: {', '.join(ALTERNATIVES)}")
+    check_choice("alternative", alternative, ALTERNATIVES)
     if isinstance(n, bool) or int(n) != n or n < 2:
         raise ValueError(f"minimum_detectable_effect: needs n >= 2 differences, got {n!r}")
     if not (np.isfinite(sd) and sd >= 0):
@@ -313,8 +313,7 @@ def claim_verdict(
        ``"inconclusive"`` otherwise;
     4. no comparison, fewer than 2 pairs or an undefined interval: ``"inconclusive"``.
     """
-    if basis not in CLAIM_BASES:
-        raise ValueError(f"unknown basis {basis!r}; allowed: {', '.join(CLAIM_BASES)}")
+    check_choice("basis", basis, CLAIM_BASES)
     if margin is not None and basis != "t":
         raise ValueError("claim_verdict: a margin is in the metric's units and needs basis='t'")
     bounds = _margin_bounds(margin) if margin is not None else None
@@ -369,8 +368,10 @@ def claim_verdicts(
     for claim in claims:
         c = comparisons[claim]
         b = _for_claim(basis, claim) or "t"
-        if b not in CLAIM_BASES:
-            raise ValueError(f"unknown basis {b!r} for claim {claim!r}; allowed: {', '.join(CLAIM_BASES)}")
+        try:
+            check_choice("basis", b, CLAIM_BASES)
+        except ValueError as error:
+            raise ValueError(f"claim {claim!r}: {error}") from None
         have = c is not None and c.get("n", 0) >= 2
         p = c.get("t_pvalue" if b == "t" else "sign_pvalue", np.nan) if have else np.nan
         pvalues.append(float(p) if p is not None else np.nan)
@@ -385,7 +386,7 @@ def claim_verdicts(
                          if m is not None and have and b == "t" else np.nan)
         rows.append(row)
     holm = holm_adjust(pvalues) if claims else np.array([])
-    for row, claim, ph in zip(rows, claims, holm):
+    for row, claim, ph in zip(rows, claims, holm, strict=True):
         row["p_holm"] = float(ph)
         lib = _for_claim(lower_is_better, claim)
         row["verdict"] = claim_verdict(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import qdiff_lib  # noqa: F401  (first: pins the CPU numerics before numpy, scipy or torch compute anything)
+
+# isort: split
 import pytest
 import torch
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 
-from qdiff_lib import REPO_ROOT, data
-from qdiff_lib.cli import CHECKPOINT_DIR, RESULT_NAME, SAMPLES_NAME, build_parser, main
+from qdiff_lib import REPO_ROOT, data, experiment
+from qdiff_lib.cli import CHECKPOINT_DIR, RESULT_NAME, SAMPLES_NAME, RunOptions, build_parser, main
+from qdiff_lib.train import TrainConfig
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -47,6 +48,28 @@ def test_help_documents_every_option():
     run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
     for action in run_parser._actions:
         assert action.help, action.option_strings  # every option says what it does
+
+
+def test_options_are_generated_from_the_run_options():
+    """One option per RunOptions field (dest = field), defaults equal to the field's, and the training settings are
+    the fields TrainConfig shares with RunOptions: the run configuration is written once."""
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    by_dest = {a.dest: a for a in run_parser._actions if a.option_strings}
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    assert fields <= set(by_dest) and set(by_dest) - fields == {"help", "threads", "out", "force", "no_progress"}
+    assert by_dest["ema_warmup"].option_strings == ["--no-ema-warmup"]
+    assert by_dest["metrics"].option_strings == ["--no-metrics"]
+    assert by_dest["freeze_squeeze"].option_strings == ["--freeze-squeeze"]
+    assert by_dest["noise_kwargs"].option_strings == ["--noise-kwargs"]
+    assert list(by_dest["sampler"].choices) == ["ddpm", "ddim"]
+    args = run_parser.parse_args(["--out", "x"])
+    assert experiment.options_from_args(args) == RunOptions()
+    assert experiment.options_from_args(run_parser.parse_args(["--out", "x", "--epochs", "2"])).steps is None
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= fields
+    o = RunOptions(lr=1e-3, noise_kwargs={"n_qubits": 4}, epochs=2.0, steps=None)
+    assert o.train_config() == TrainConfig(**{f.name: getattr(o, f.name) for f in dataclasses.fields(TrainConfig)})
+    assert o.train_config().noise_kwargs is not o.noise_kwargs
+    assert experiment.KEY_NEUTRAL == {"freeze_squeeze": False, "freeze_circuit": False, "quantum_backend": "auto"}
 
 
 def test_run_writes_result_and_samples_and_refuses_to_overwrite(tmp_path, capsys):
@@ -114,7 +137,12 @@ def test_divergence_is_reported_and_the_last_good_checkpoint_kept(tmp_path, caps
         (["--sampler", "ddpm", "--sample-steps", "5"], "the ddpm sampler runs all 20 timesteps"),
         (["--n-qubits", "0"], "n_qubits must be a positive integer"),
         (["--noise", "quantum", "--noise-kwargs", '{"colour": 1}'], "bad --noise-kwargs for noise 'quantum'"),
-        (["--noise-kwargs", "[1]"], "--noise-kwargs must be a JSON object"),
+        (["--noise-kwargs", "[1]"], "--noise-kwargs: expected a JSON object such as '{\"n_qubits\": 8}', got '[1]' "
+                                    "(an array)"),
+        (["--noise-kwargs", "{bad"], "--noise-kwargs: expected a JSON object such as '{\"n_qubits\": 8}', got '{bad' "
+                                     "(Expecting property name"),
+        (["--label", "three"], "argument --label: expected an integer, got 'three'"),
+        (["--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
         (["--device", "tpu"], "unknown device 'tpu'; allowed:"),
         (["--n-train", "100000"], "allowed: 1.."),
         (["--steps", "3", "--epochs", "2"], "not allowed with argument"),

@@ -34,7 +34,7 @@ def make_medmnist_npz(path: Path, n_per_split=(12, 4, 6), n_classes=3, rgb=False
     """A small file in MedMNIST's own layout (train/val/test _images uint8, _labels (N, 1))."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, n in zip(("train", "val", "test"), n_per_split):
+    for split, n in zip(("train", "val", "test"), n_per_split, strict=True):
         shape = (n, 28, 28, 3) if rgb else (n, 28, 28)
         arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(n) % n_classes).astype(np.uint8).reshape(n, 1)
@@ -99,10 +99,10 @@ def test_few_shot_split_disjoint_for_subset_and_test_split():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(dataset="cifar10"), r"unknown dataset 'cifar10'; allowed: mnist, pathmnist"),
+        (dict(dataset="cifar10"), r"unknown dataset 'cifar10'; allowed: \['mnist', 'pathmnist'"),
         (dict(dataset="organmnist3d"), r"unknown dataset"),
-        (dict(dataset="mnist", split="val"), r"unknown split 'val' for mnist; allowed: train, test"),
-        (dict(dataset="breastmnist", split="dev"), r"allowed: train, val, test"),
+        (dict(dataset="mnist", split="val"), r"unknown mnist split 'val'; allowed: \['train', 'test'\]"),
+        (dict(dataset="breastmnist", split="dev"), r"allowed: \['train', 'val', 'test'\]"),
         (dict(dataset="mnist", label=10), r"label 10 is not a class of mnist; allowed: 0..9"),
         (dict(dataset="breastmnist", label=-1), r"allowed: 0..1"),
         (dict(dataset="mnist", label=True), r"label True"),

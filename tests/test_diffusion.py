@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -20,7 +21,8 @@ def _x0(batch: int = 2) -> torch.Tensor:
 
 
 def _oracle(diffusion: Diffusion, x0: torch.Tensor):
-    """The exact noise predictor for a data distribution concentrated on ``x0``: eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)."""
+    """The exact noise predictor for a data distribution concentrated on ``x0``:
+    eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)."""
     ab = diffusion._f64["alphas_cumprod"]
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,8 @@ def test_add_noise_then_true_noise_recovers_x0():
     t = torch.tensor([0, 10, 500, 900])
     x_t = d.add_noise(x0, noise, t)
     ab = d._f64["alphas_cumprod"][t].view(-1, 1, 1, 1)
-    torch.testing.assert_close(x_t.double(), ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double(), rtol=1e-5, atol=1e-6)
+    expected = ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double()
+    torch.testing.assert_close(x_t.double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(d.predict_x0(x_t, t, noise), x0, rtol=1e-4, atol=1e-4)
 
 
@@ -86,7 +89,8 @@ def test_add_noise_then_true_noise_recovers_x0():
 def test_reverse_pass_with_the_true_noise_recovers_x0(sampler, steps):
     d = Diffusion.from_schedule("cosine", T_SMALL)
     x0 = _x0(2)
-    out = d.sample(_oracle(d, x0), (2, 1, 28, 28), sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    out = d.sample(_oracle(d, x0), (2, 1, 28, 28), sampler=sampler, steps=steps, generator=g)
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
 
 
@@ -175,15 +179,16 @@ def test_ddim_timesteps():
     pairs = ddim_timesteps(1000, 50)
     assert len(pairs) == 50 and pairs[0][0] == 999 and pairs[-1][1] == -1
     ts = [p[0] for p in pairs] + [-1]
-    assert all(a > b for a, b in zip(ts, ts[1:]))
-    assert all(p[1] == q[0] for p, q in zip(pairs, pairs[1:]))
+    assert all(a > b for a, b in itertools.pairwise(ts))
+    assert all(p[1] == q[0] for p, q in itertools.pairwise(pairs))
     assert ddim_timesteps(6, 6) == [(5, 4), (4, 3), (3, 2), (2, 1), (1, 0), (0, -1)]
 
 
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda d: d.sample(None, (1, 1, 28, 28), sampler="euler"), r"unknown sampler 'euler'; allowed: \['ddpm', 'ddim'\]"),
+        (lambda d: d.sample(None, (1, 1, 28, 28), sampler="euler"),
+         r"unknown sampler 'euler'; allowed: \['ddpm', 'ddim'\]"),
         (lambda d: d.sample(None, (1, 1, 28, 28), sampler="ddim", steps=0), r"DDIM steps must be an integer in 1..50"),
         (lambda d: d.sample(None, (1, 1, 28, 28), sampler="ddim", steps=51), r"DDIM steps must be an integer in 1..50"),
         (lambda d: d.sample(None, (1, 1, 28, 28), sampler="ddpm", steps=10), "DDPM runs all T=50 steps"),
@@ -225,7 +230,8 @@ def test_ddpm_loop_against_a_numpy_reimplementation_of_the_official_sampler():
         x0 = np.clip((x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t]), -1, 1)
         z = torch.randn(shape, generator=g).double().numpy()  # ours draws at t = 0 too, and discards it
         if t > 0:
-            mean = betas[t] * np.sqrt(ab[t - 1]) / (1 - ab[t]) * x0 + (1 - ab[t - 1]) * np.sqrt(alphas[t]) / (1 - ab[t]) * x
+            mean = (betas[t] * np.sqrt(ab[t - 1]) / (1 - ab[t]) * x0
+                    + (1 - ab[t - 1]) * np.sqrt(alphas[t]) / (1 - ab[t]) * x)
             x = mean + np.sqrt(betas[t] * (1 - ab[t - 1]) / (1 - ab[t])) * z
         else:
             x = x0
@@ -242,7 +248,7 @@ def test_ddim_loop_against_a_numpy_reimplementation_of_song_et_al():
     ab = np.cumprod(1 - betas)
     x = torch.randn(shape, generator=g).double().numpy()
     grid = np.round(np.linspace(-1, T - 1, steps + 1)).astype(int)[::-1]
-    for t, s in zip(grid[:-1], grid[1:]):
+    for t, s in itertools.pairwise(grid):
         a_t, a_s = ab[t], (ab[s] if s >= 0 else 1.0)
         x0 = np.clip((x - np.sqrt(1 - a_t) * (0.8 * x + 0.002 * t)) / np.sqrt(a_t), -1, 1)
         eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)  # re-derived from the clamped x0

@@ -82,7 +82,8 @@ def test_fid_through_a_custom_feature_module_matches_features_path(random_clf, m
 
 def test_kid_full_subset_equals_independent_unbiased_mmd():
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(40, 8, generator=g, dtype=torch.float64), torch.randn(40, 8, generator=g, dtype=torch.float64) + 0.3
+    x = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 8, generator=g, dtype=torch.float64) + 0.3
     r = metrics.kid(x[:, :, None, None], y[:, :, None, None], PrecomputedFeatures(8), n_subsets=3)
     assert r["subset_size"] == 40
     assert r["mean"] == pytest.approx(_mmd2_unbiased(x.numpy(), y.numpy()), rel=1e-9)

@@ -10,7 +10,6 @@ import sys
 import pennylane as qml
 import pytest
 import torch
-
 from test_quantum import _random_case, _value_and_grads, measured_peaks  # tests/ is on sys.path (pytest)
 
 from qdiff_lib.circuits import _apply_circuit
@@ -35,7 +34,7 @@ F64 = torch.float64
 
 
 def _assert_all_close(got, want, atol):
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         torch.testing.assert_close(g.to(F64), w.to(F64), atol=atol, rtol=0)
 
@@ -145,7 +144,7 @@ def test_strong_bonds_bound_schmidt_ranks():
     for n, n_layers in [(8, 2), (11, 3)]:
         x, w, _ = _random_case("strong", n, n_layers, batch=1, seed=5)
         bonds = mps_bond_dims("strong", n, n_layers)
-        assert all(r <= b for r, b in zip(_schmidt_ranks(mps_state("strong", x, w)), bonds))
+        assert all(r <= b for r, b in zip(_schmidt_ranks(mps_state("strong", x, w)), bonds, strict=True))
 
 
 # ----------------------------------------------------------------------------------------- large widths
@@ -197,8 +196,8 @@ def test_memory_error_before_allocating_in_readable_units():
 def test_peak_bytes_matches_measured_peak():
     """The estimate against the measured growth of the peak resident set of a fresh process."""
     cases = [("rzry", 40, 5, 64, True), ("rzry", 40, 5, 64, False), ("strong", 10, 3, 32, True)]
-    for (ansatz, n, layers, batch, grad), measured in zip(cases, measured_peaks("expectations_mps",
-                                                                                 [(*c, {}) for c in cases])):
+    peaks = measured_peaks("expectations_mps", [(*c, {}) for c in cases])
+    for (ansatz, n, layers, batch, grad), measured in zip(cases, peaks, strict=True):
         est = mps_peak_bytes(batch, n, layers, ansatz, grad=grad)
         assert 0.9 * measured <= est <= 1.6 * measured, (ansatz, n, layers, grad, est, measured)
 

@@ -31,7 +31,7 @@ def chain_probs(n: int, gamma: float) -> np.ndarray:
     probs = np.empty(2**n)
     for index, bits in enumerate(itertools.product((0, 1), repeat=n)):  # wire 0 most significant
         p = 0.5
-        for a, b in zip(bits[:-1], bits[1:]):
+        for a, b in itertools.pairwise(bits):
             p *= flip if a != b else 1 - flip
         probs[index] = p
     return probs

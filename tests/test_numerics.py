@@ -134,8 +134,9 @@ def test_reproduces_the_avx2_reference_bits(arm, tmp_path):
         pytest.skip(f"bit-exactness is promised on x86-64 CPUs with AVX2 only, not on this {platform.machine()}")
     want = REFERENCE["runs"][arm]
     losses, sha = _run_reference(arm, tmp_path / arm)
-    first = next((i for i, (a, b) in enumerate(zip(losses, want["loss_history"])) if a != b), None)
-    assert first is None, f"{arm}: loss of step {first + 1} is {losses[first]!r}, the AVX2 CPU's {want['loss_history'][first]!r}"
+    first = next((i for i, (a, b) in enumerate(zip(losses, want["loss_history"], strict=False)) if a != b), None)
+    assert first is None, (f"{arm}: loss of step {first + 1} is {losses[first]!r}, the AVX2 CPU's "
+                           f"{want['loss_history'][first]!r}")
     assert len(losses) == len(want["loss_history"])
     assert sha == want["samples_sha256"], f"{arm}: the samples differ from the AVX2 CPU's"
 

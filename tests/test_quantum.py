@@ -154,7 +154,8 @@ def test_peak_bytes_matches_measured_peak():
     cases = [("rzry", 14, 3, 64, True, 0.0), ("rzry", 14, 3, 64, False, 0.0), ("paper", 13, 2, 64, True, 0.0),
              ("strong", 12, 3, 64, True, 0.0), ("rzry", 7, 2, 64, True, 0.01), ("rzry", 7, 2, 64, False, 0.01)]
     runs = [(*case[:5], {"depolarizing": case[5]}) for case in cases]
-    for (ansatz, n, layers, batch, grad, p), measured in zip(cases, measured_peaks("expectations_torch", runs)):
+    peaks = measured_peaks("expectations_torch", runs)
+    for (ansatz, n, layers, batch, grad, p), measured in zip(cases, peaks, strict=True):
         est = peak_bytes(batch, n, layers, ansatz, density=p > 0, grad=grad)
         assert 0.9 * measured <= est <= 1.5 * measured, (ansatz, n, layers, grad, p, est, measured)
 
@@ -170,7 +171,7 @@ def test_torch_matches_pennylane_values_and_gradients(ansatz, n_qubits):
     group_size = 1 + n_qubits % 4  # exercise uneven groupings of the fused rotations
     ours = _value_and_grads(lambda a, b: expectations_torch(ansatz, a, b, group_size=group_size), x, w, r)
     ref = _value_and_grads(lambda a, b: expectations_pennylane(ansatz, a, b), x, w, r)
-    for got, want in zip(ours, ref):
+    for got, want in zip(ours, ref, strict=True):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     if ansatz != "paper":
@@ -198,7 +199,7 @@ def test_layer_backends_agree_and_gradients_reach_inputs():
         (out * r).sum().backward()
         assert xi.grad is not None and xi.grad.abs().max() > 1e-3
         grads.append((out.detach(), xi.grad, layer.weights.grad))
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
@@ -264,7 +265,7 @@ def test_depolarizing_matches_default_mixed(ansatz, n_qubits):
     p = 0.07
     ours = _value_and_grads(lambda a, b: expectations_torch(ansatz, a, b, depolarizing=p, group_size=2), x, w, r)
     ref = _value_and_grads(lambda a, b: expectations_pennylane(ansatz, a, b, depolarizing=p), x, w, r)
-    for got, want in zip(ours, ref):
+    for got, want in zip(ours, ref, strict=True):
         # default.mixed evaluates parts of these circuits in single precision (~1e-7); ours is float64
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 

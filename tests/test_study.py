@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from qdiff_lib import REPO_ROOT, cli, data, numerics, study
+from qdiff_lib import REPO_ROOT, cli, data, experiment, numerics, study
 from qdiff_lib.study import ARMS, PROFILES, STUDIES, arm_options, load_results, run_key, run_one, study_runs
 
 #: Expected number of runs per (study, profile): digits x arms x seeds, cases x arms x seeds, N x arms x seeds, ...
@@ -62,7 +62,7 @@ def test_grids_follow_the_profile_budgets():
                                                                                p.sample_steps)
                 assert o.seed in p.seeds
     full = PROFILES["full"]
-    assert full.steps == 2000 and len(full.seeds) >= 3 and full.n_samples >= 500  # issue 7, item 5
+    assert full.steps == 2000 and len(full.seeds) >= 3 and full.n_samples >= 500  # the full profile's budgets
     mnist = study_runs("mnist", "full")
     assert sorted({o.label for o in mnist}) == list(range(10)), "all ten digits, 0 included"
     arms = {(o.bottleneck, o.ansatz if o.bottleneck == "quantum" else None) for o in mnist}
@@ -88,7 +88,8 @@ def test_run_key_is_stable_and_separates_every_option():
                    n_layers=2, gate="sigmoid", nonlinearity="relu", angle_scaling="pi", schedule="linear",
                    timesteps=500, noise="quantum", noise_kwargs={"n_qubits": 8},
                    timestep_distribution="logsnr_gaussian", steps=3, epochs=1.0, batch_size=32, lr=1e-3,
-                   ema_decay=0.99, ema_warmup=False, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3, eta=0.5, seed=1,
+                   ema_decay=0.99, ema_warmup=False, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3,
+                   eta=0.5, seed=1,
                    device="cuda", metrics=True, freeze_squeeze=True, freeze_circuit=True, quantum_backend="mps")
     assert set(changed) == {f.name for f in dataclasses.fields(cli.RunOptions)}, "a RunOptions field is untested"
     keys = {run_key(dataclasses.replace(o, **{name: value})) for name, value in changed.items()}
@@ -159,13 +160,13 @@ def test_run_keys_of_committed_files_are_stable():
 
 def test_run_one_writes_a_summary_and_resumes_without_recomputing(tmp_path, monkeypatch):
     calls = []
-    real_run = cli.run
+    real_run = experiment.run
 
     def counting_run(*args, **kwargs):
         calls.append(args[0])
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "run", counting_run)
+    monkeypatch.setattr(experiment, "run", counting_run)
     o = _tiny()
     out, runs = tmp_path / "results", tmp_path / "runs"
     first = run_one(o, out, runs_root=runs, command="cmd")
@@ -312,6 +313,8 @@ def test_recheck_exact_mode_catches_one_changed_number():
         got = json.loads(json.dumps(ref))
         change(got)
         assert len(study.recheck_differences(ref, got, "exact")) == 1
+    short = {**ref, "loss_curve": ref["loss_curve"][:1]}  # a run cut short: the curves agree as far as they go
+    assert study.recheck_differences(ref, short, "exact") == ["loss curve has 1 windows, the committed one 2"]
     with pytest.raises(ValueError, match="allowed: \\['exact', 'tolerance'\\]"):
         study.recheck_differences(ref, ref, "approximate")
 

@@ -158,7 +158,7 @@ class _Ids(HTMLParser):
             self.refresh = m.group(1).strip() if m else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(path: Path, mtime_ns: int) -> _Ids:
     p = _Ids()
     p.feed(path.read_text(encoding="utf-8", errors="replace"))
@@ -309,7 +309,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _handler(directory: str):
     return functools.partial(_QuietHandler, directory=directory)
 

@@ -1,0 +1,66 @@
+"""Sample-quality metrics that mean something with fewer than 100 training images.
+
+The paper's numbers are FID of about 13 images against an unrelated real set, and SSIM between unpaired images (defect 4
+in the book's introduction, ``intro.md``). Here every metric is computed on raw sample tensors ``(B, C, 28, 28)`` in
+[-1, 1], in the feature space of a classifier trained on the same dataset (:mod:`qdiff_lib.classifier`), against
+held-out real images of the same class:
+
+* **KID** (Binkowski et al. 2018): the unbiased estimate of the squared MMD with the cubic polynomial kernel
+  :math:`k(x, y) = (x^\\top y / d + 1)^3`. Unbiased at any sample size, so it is the headline small-sample
+  metric. Computed by torchmetrics' ``KernelInceptionDistance`` with our feature module; its standard error
+  comes from a delete-one jackknife over both sample sets.
+* **FID** (Heusel et al. 2017): the Frechet distance between Gaussians fitted to the two feature sets,
+  :math:`\\|\\mu_1-\\mu_2\\|^2 + \\mathrm{Tr}(\\Sigma_1+\\Sigma_2-2(\\Sigma_1\\Sigma_2)^{1/2})`. Biased upwards at
+  small N (a covariance from N vectors in 128 dimensions); reported for comparison with the paper, with its
+  spread under redrawing of the real reference (:func:`fid_spread`).
+* **precision / recall** (Kynkaanniemi et al. 2019): the fraction of generated samples inside the real
+  k-nearest-neighbour manifold, and of real images inside the generated one; with density and coverage
+  (Naeem et al. 2020), which an isolated real image sways less.
+* **class consistency**: the classifier's accuracy on samples meant to be of class ``label``.
+* **memorization**: median distance from held-out real images to their nearest training image, divided by the
+  same median for generated samples. About 1 for a model that generalises; large when samples copy training
+  images (:data:`MEMORIZATION_THRESHOLD`).
+
+:func:`inception_fid` gives the paper's Inception-v3 FID when its weights and ``torch-fidelity`` are installed.
+
+Modules: :mod:`~qdiff_lib.metrics.distances` (features, FID, KID, their small-sample behaviour, Inception FID),
+:mod:`~qdiff_lib.metrics.neighbours` (precision/recall, density/coverage, memorization) and
+:mod:`~qdiff_lib.metrics.evaluation` (the held-out reference, class consistency, :func:`evaluate`); every name is
+importable from ``qdiff_lib.metrics`` itself.
+"""
+
+from qdiff_lib.metrics.distances import (
+    INCEPTION_WEIGHTS_FILE,
+    INCEPTION_WEIGHTS_URL,
+    PrecomputedFeatures,
+    extract_features,
+    fid,
+    fid_from_features,
+    fid_spread,
+    inception_fid,
+    kid,
+    kid_jackknife_se,
+    small_sample_bias,
+)
+from qdiff_lib.metrics.evaluation import class_consistency, evaluate, held_out_reference
+from qdiff_lib.metrics.neighbours import MEMORIZATION_THRESHOLD, memorization, precision_recall
+
+__all__ = [
+    "MEMORIZATION_THRESHOLD",
+    "INCEPTION_WEIGHTS_FILE",
+    "INCEPTION_WEIGHTS_URL",
+    "extract_features",
+    "fid",
+    "fid_from_features",
+    "PrecomputedFeatures",
+    "kid",
+    "kid_jackknife_se",
+    "precision_recall",
+    "class_consistency",
+    "memorization",
+    "fid_spread",
+    "small_sample_bias",
+    "inception_fid",
+    "held_out_reference",
+    "evaluate",
+]
