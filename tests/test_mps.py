@@ -13,7 +13,7 @@ import torch
 from test_quantum import _random_case, _value_and_grads, measured_peaks  # tests/ is on sys.path (pytest)
 
 from qdiff_lib.circuits import _apply_circuit
-from qdiff_lib.mps import _environments, _mpo_bonds, _sample, entangler_map
+from qdiff_lib.mps import _environments, _mpo_bonds, _sample, entangler_map, schmidt_coefficients
 from qdiff_lib.quantum import (
     ANSATZE,
     QuantumLayer,
@@ -103,22 +103,9 @@ def test_matches_default_tensor(ansatz, n_qubits, n_layers):
 
 
 def _schmidt_ranks(state: torch.Tensor, tol: float = 1e-9) -> list[int]:
-    """Schmidt rank at every cut of an MPS ``(1, n, D, 2, D)``: QR sweep to the left-canonical form, then an SVD
-    sweep from the right, whose singular values are the Schmidt coefficients."""
-    n = state.shape[1]
-    sites = [state[0, k] for k in range(n)]
-    sites[0], sites[-1] = sites[0][:1], sites[-1][..., :1]
-    for k in range(n - 1):
-        left, _, right = sites[k].shape
-        q, r = torch.linalg.qr(sites[k].reshape(2 * left, right))
-        sites[k], sites[k + 1] = q.reshape(left, 2, -1), torch.einsum("ab,bsc->asc", r, sites[k + 1])
-    ranks = []
-    for k in range(n - 1, 0, -1):
-        left, _, right = sites[k].shape
-        u, s, vh = torch.linalg.svd(sites[k].reshape(left, 2 * right), full_matrices=False)
-        ranks.append(int((s > tol * s[0]).sum()))
-        sites[k], sites[k - 1] = vh.reshape(-1, 2, right), torch.einsum("asb,bc->asc", sites[k - 1], u * s)
-    return ranks[::-1]
+    """Schmidt rank at every cut of an MPS ``(1, n, D, 2, D)``, from the library's Schmidt sweep (itself checked
+    against the SVD of the dense state in test_entanglement_entropy_...)."""
+    return [int((s > tol * s[0]).sum()) for s in schmidt_coefficients(state[0])]
 
 
 @pytest.mark.parametrize("ansatz", ["paper", "rzry", "rzry_separable"])

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from test_stats import _runs  # tests/ is on sys.path (pytest)
 
 from qdiff_lib.stats import VERDICTS, holm_adjust, paired_comparison, sign_comparison, verdict
 from qdiff_lib.verdicts import (
@@ -20,19 +21,6 @@ from qdiff_lib.verdicts import (
     minimum_detectable_effect,
     tally,
 )
-
-
-def _runs():
-    """One row per run: arm x digit x seed, with an arm 'x' missing digit 2 and a run lacking its partner."""
-    rows = []
-    for digit in (0, 1, 2):
-        for seed in (0, 1, 2):
-            rows.append({"arm": "se", "digit": digit, "seed": seed, "kid": 10.0 * digit + seed})
-            if digit != 2:
-                rows.append({"arm": "q", "digit": digit, "seed": seed, "kid": 10.0 * digit + seed - 1 - 0.5 * seed})
-    rows.append({"arm": "none", "digit": 0, "seed": 0, "kid": 99.0})
-    return pd.DataFrame(rows)
-
 
 # compare_arms, equivalence, power and claim verdicts, on constructed data whose answer is known
 # ------------------------------------------------------------------------------------------------------------------
