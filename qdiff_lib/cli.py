@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from qdiff_lib import numerics, study
+from qdiff_lib import numerics, rescore, study
 from qdiff_lib.experiment import (
     CHECKPOINT_DIR,
     KEY_NEUTRAL,
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     for problem in numerics.check():
         print(f"{parser.prog}: numerics not pinned: {problem}", file=sys.stderr)
     if args.command == "study":
-        return study.main(args, parser)
+        if args.force_rescore and not args.rescore:
+            parser.error("--force-rescore needs --rescore")
+        return (rescore.main if args.rescore else study.main)(args, parser)
     options = options_from_args(args)
     try:
         prepared = prepare(options, args.out, args.force)

@@ -16,9 +16,10 @@ A *run* trains one model (:func:`qdiff_lib.train.train`), samples from it and sc
 * ``result.json`` (:data:`RESULT_NAME`): ``config`` (every option, the training config and the model's settings,
   the simulator the circuit ran on, the sampling seed), ``loss_history`` (one loss per optimiser step),
   ``metrics`` (:func:`qdiff_lib.metrics.evaluate`; ``{}`` without metrics), ``train``, ``n_parameters``,
-  ``n_reference``, ``device``, ``versions`` (of every package that produces a number), ``numerics``
-  (:func:`qdiff_lib.numerics.state`: the pinned kernels, torch's threads, the CPU), ``git_commit``,
-  ``git_dirty``, ``timings`` (seconds) and ``command``;
+  ``metrics_version`` (:data:`qdiff_lib.metrics.METRICS_VERSION`), ``samples`` (file, shape and sha256 of the
+  samples, :func:`samples_record`), ``n_reference``, ``device``, ``versions`` (of every package that produces a
+  number), ``numerics`` (:func:`qdiff_lib.numerics.state`: the pinned kernels, torch's threads, the CPU),
+  ``git_commit``, ``git_dirty``, ``timings`` (seconds) and ``command``;
 * ``samples.npz`` (:data:`SAMPLES_NAME`): key ``samples``, float32 ``(n_samples, C, 28, 28)`` in [-1, 1], drawn
   from the EMA model;
 * ``checkpoints/checkpoint.pt`` (under :data:`CHECKPOINT_DIR`): the training checkpoint. Running the same options
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -69,6 +71,9 @@ __all__ = [
     "PreparedRun",
     "option",
     "sampling_seed",
+    "provenance",
+    "samples_sha256",
+    "samples_record",
     "prepare",
     "run",
     "add_run_arguments",
@@ -380,6 +385,30 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def provenance() -> dict[str, Any]:
+    """What produced a number: ``versions``, ``numerics``, ``git_commit`` and ``git_dirty`` (as in ``result.json``)."""
+    status = _git("status", "--porcelain")
+    return {"versions": _versions(), "numerics": numerics.state(), "git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status)}
+
+
+def samples_sha256(samples: np.ndarray) -> str:
+    """sha256 of ``samples`` as C-contiguous little-endian float32 bytes (not of the ``.npz`` file, whose zip
+    container may differ between numpy versions for the same array)."""
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype="<f4").tobytes()).hexdigest()
+
+
+def samples_record(samples: np.ndarray) -> dict[str, Any]:
+    """What a result file says of its samples: the file (beside ``result.json``), shape and checksum."""
+    return {"file": SAMPLES_NAME, "shape": list(samples.shape), "dtype": "float32", "sha256": samples_sha256(samples)}
+
+
+def _metrics_version() -> int:
+    from qdiff_lib.metrics import METRICS_VERSION
+
+    return METRICS_VERSION
+
+
 @torch.no_grad()
 def _draw_samples(model: nn.Module, options: RunOptions, in_channels: int, device: torch.device, progress: bool,
                   batch: int = 256) -> torch.Tensor:
@@ -440,6 +469,7 @@ class PreparedRun:
                                seed=options.seed, device=self.device)
         metrics_s = time.perf_counter() - t_metrics
 
+        array = samples.numpy().astype(np.float32)
         summary = result.summary()
         summary.pop("timings")  # recorded below, with the sampling and metrics times
         record = {
@@ -452,14 +482,13 @@ class PreparedRun:
             },
             "loss_history": summary.pop("loss_history"),
             "metrics": metrics,
+            "metrics_version": _metrics_version() if options.metrics else None,
+            "samples": samples_record(array),
             "train": summary,
             "n_parameters": n_parameters,
             "n_reference": len(self.reference),
             "device": str(self.device),
-            "versions": _versions(),
-            "numerics": numerics.state(),
-            "git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": None if (status := _git("status", "--porcelain")) is None else bool(status),
+            **provenance(),  # versions, numerics, git_commit, git_dirty
             "timings": {
                 "train_s": result.timings["train_s"],
                 "per_step_s": result.timings["per_step_s"],
@@ -469,7 +498,6 @@ class PreparedRun:
             },
             "command": command,
         }
-        array = samples.numpy().astype(np.float32)
         atomic_write(out / SAMPLES_NAME, lambda f: np.savez(f, samples=array))
         text = json.dumps(record, indent=1, allow_nan=False)
         atomic_write(out / RESULT_NAME, lambda f: f.write(text.encode()))

@@ -146,8 +146,10 @@ def _mnist(p: Profile) -> list:
 def _mnist16(p: Profile) -> list:
     """The MNIST study at the paper's width, with every control (the ci profile keeps its own small width)."""
     width = PAPER_N_QUBITS if p.name == "full" else p.n_qubits
+    # Seeds outermost: a partly computed study holds every (digit, arm) pair of its first seeds, so that each
+    # comparison can already be read over all ten digits.
     return [arm_options(arm, dataset="mnist", label=d, n_train=64, seed=s, **{**_budget(p), "n_qubits": width})
-            for d in p.digits for arm in MNIST16_ARMS for s in p.seeds]
+            for s in p.seeds for d in p.digits for arm in MNIST16_ARMS]
 
 
 #: (dataset, label) pairs of the MedMNIST study: PathMNIST as the paper (label 1, "background", the easiest
@@ -252,6 +254,8 @@ def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
         "options": record["config"]["options"],
         "quantum_backend": record["config"].get("quantum_backend"),
         "metrics": record["metrics"],
+        "metrics_version": record.get("metrics_version"),
+        "samples": record.get("samples"),
         "loss_curve": _downsample(record["loss_history"]),
         "final_loss": record["loss_history"][-1],
         "n_parameters": record["n_parameters"],
@@ -576,6 +580,12 @@ def add_arguments(p) -> None:
                        help="submit the runs to the running Dask cluster whose scheduler listens at ADDRESS, e.g. "
                             "tcp://10.0.0.5:8786 (its workers must share the results and runs folders)")
     p.add_argument("--list", action="store_true", help="list the runs and whether each is done, then exit")
+    p.add_argument("--rescore", action="store_true",
+                   help="train nothing: recompute the metrics of finished runs from their kept samples (under "
+                        "--runs-root, checked against the sha256 in each summary) whose metrics are older than "
+                        "the library's; write them into the summaries (see qdiff_lib.rescore)")
+    p.add_argument("--force-rescore", action="store_true",
+                   help="with --rescore: also rescore runs whose metrics are current")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

@@ -45,7 +45,13 @@ from qdiff_lib.metrics.distances import (
 from qdiff_lib.metrics.evaluation import class_consistency, evaluate, held_out_reference
 from qdiff_lib.metrics.neighbours import MEMORIZATION_THRESHOLD, memorization, precision_recall
 
+#: The version of :func:`evaluate`'s output. Raise it whenever a change of the metrics changes a number or adds an
+#: entry: ``python -m qdiff_lib study --rescore`` recomputes the metrics of every run whose summary records an older
+#: version (:mod:`qdiff_lib.rescore`), from the run's kept samples, without retraining.
+METRICS_VERSION = 1
+
 __all__ = [
+    "METRICS_VERSION",
     "MEMORIZATION_THRESHOLD",
     "INCEPTION_WEIGHTS_FILE",
     "INCEPTION_WEIGHTS_URL",

@@ -1,0 +1,101 @@
+"""Rescoring finished runs from their kept samples (qdiff_lib.rescore, ``study --rescore``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from qdiff_lib import cli, experiment, metrics, rescore, study
+from qdiff_lib.study import arm_options, run_key, run_one
+
+
+def _options():
+    """A 2-step run that is scored (16 samples against 16 held-out images): a few seconds."""
+    return arm_options("se", dataset="mnist", label=3, n_train=8, n_ref=16, steps=2, n_samples=16, sample_steps=2,
+                       checkpoint_every=0, n_qubits=4, device="cpu")
+
+
+@pytest.fixture
+def finished(tmp_path, monkeypatch):
+    """A one-run study ``tiny`` computed into tmp_path: (key, summary path, runs root, results root)."""
+    monkeypatch.setitem(study.STUDIES, "tiny", lambda profile: [_options()])
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    out = study.results_dir("ci", "tiny", results)
+    run_one(_options(), out, runs_root=runs, command="cmd")
+    key = run_key(_options())
+    return key, out / f"{key}.json", runs, results
+
+
+def test_a_run_records_its_samples_checksum_and_metrics_version(finished):
+    key, path, runs, _ = finished
+    summary = json.loads(path.read_text())
+    with np.load(runs / key / experiment.SAMPLES_NAME) as f:
+        samples = f["samples"]
+    assert summary["samples"]["sha256"] == experiment.samples_sha256(samples)
+    assert summary["samples"]["shape"] == [16, 1, 28, 28]
+    assert summary["metrics_version"] == metrics.METRICS_VERSION
+    assert summary["metrics"]["kid"]["mean"] == summary["metrics"]["kid"]["mean"]  # a number, not NaN
+
+
+def test_rescore_recomputes_only_stale_metrics_and_keeps_the_training_record(finished):
+    key, path, runs, results = finished
+    original = json.loads(path.read_text())
+    report = rescore.rescore_study("tiny", "ci", root=results, runs_root=runs, progress=False)
+    assert report.current == [key] and not report.rescored and not report.failed
+    assert json.loads(path.read_text()) == original, "a current summary was rewritten"
+
+    # metrics from an older version of the library (here: made-up numbers, version 0) are recomputed
+    stale = {**original, "metrics": {"kid": {"mean": 999.0, "se": 1.0}}, "metrics_version": 0}
+    path.write_text(json.dumps(stale))
+    report = rescore.rescore_study("tiny", "ci", root=results, runs_root=runs, progress=False, command="rescore")
+    assert report.rescored == [key] and not report.failed
+    new = json.loads(path.read_text())
+    assert new["metrics"] == original["metrics"], "the same samples and reference must give the same metrics"
+    assert new["metrics_version"] == metrics.METRICS_VERSION
+    assert new["rescored"]["previous_metrics_version"] == 0 and new["rescored"]["command"] == "rescore"
+    for unchanged in ("options", "loss_curve", "final_loss", "timings", "preview", "git_commit", "samples"):
+        assert new[unchanged] == original[unchanged], unchanged
+    record = json.loads((runs / key / experiment.RESULT_NAME).read_text())
+    assert record["metrics"] == new["metrics"] and record["metrics_version"] == metrics.METRICS_VERSION
+
+
+def test_rescore_refuses_samples_that_are_not_the_scored_ones(finished):
+    key, path, runs, results = finished
+    stale = {**json.loads(path.read_text()), "metrics_version": 0}
+    path.write_text(json.dumps(stale))
+    samples_path = runs / key / experiment.SAMPLES_NAME
+    with np.load(samples_path) as f:
+        samples = f["samples"].copy()
+    samples[0, 0, 0, 0] += 0.5
+    np.savez(samples_path, samples=samples)
+    report = rescore.rescore_study("tiny", "ci", root=results, runs_root=runs, progress=False)
+    assert not report.rescored and "sha256" in report.failed[key]
+    assert json.loads(path.read_text()) == stale, "a summary was changed although its run could not be rescored"
+
+    samples_path.unlink()
+    report = rescore.rescore_study("tiny", "ci", root=results, runs_root=runs, progress=False)
+    assert str(samples_path) in report.failed[key]
+
+    # a summary from before samples were kept says so
+    path.write_text(json.dumps({k: v for k, v in stale.items() if k != "samples"}))
+    report = rescore.rescore_study("tiny", "ci", root=results, runs_root=runs, progress=False)
+    assert "no samples checksum" in report.failed[key]
+
+
+def test_cli_rescore_exit_status_and_flags(finished, capsys):
+    key, path, runs, results = finished
+    argv = ["study", "--rescore", "--study", "tiny", "--profile", "ci", "--results-root", str(results),
+            "--runs-root", str(runs), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "0 run(s) rescored, 1 already current, 0 could not be rescored" in capsys.readouterr().out
+    assert cli.main([*argv, "--force-rescore"]) == 0
+    assert "1 run(s) rescored" in capsys.readouterr().out
+    (runs / key / experiment.SAMPLES_NAME).unlink()
+    assert cli.main([*argv, "--force-rescore"]) == 1
+    err = capsys.readouterr().err
+    assert key in err and "not on this machine" in err
+    with pytest.raises(SystemExit):
+        cli.main(["study", "--force-rescore", "--study", "tiny", "--profile", "ci"])
+    assert "--force-rescore needs --rescore" in capsys.readouterr().err
