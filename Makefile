@@ -47,15 +47,12 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt req
 	$(PY) tools/check_env.py
 	touch $@
 
-# Execute each chapter into _build/executed first and copy it over the stored notebook only when it
-# succeeded, so a failing chapter never leaves a half-written notebook behind.
+# Execute each chapter into _build/executed first and store it only when it succeeded, so a failing chapter never
+# leaves a half-written notebook behind; tools/execute_chapter.py stamps each with its commit, machine and numerics
+# (read back by the reproducibility chapter, which comes last in the TOC).
 execute: venv
-	mkdir -p _build/executed
 	for nb in $(CHAPTERS); do \
-	  echo "== papermill $$nb (profile=$(PROFILE))"; \
-	  $(BIN)/papermill --cwd chapters -k python3 $(if $(filter-out ci,$(PROFILE)),-p profile $(PROFILE)) \
-	      "$$nb" "_build/executed/$$(basename $$nb)"; \
-	  cp "_build/executed/$$(basename $$nb)" "$$nb"; \
+	  $(PY) tools/execute_chapter.py "$$nb" $(if $(filter-out ci,$(PROFILE)),-p profile $(PROFILE)); \
 	done
 
 html: venv mathjax

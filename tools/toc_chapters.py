@@ -5,32 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from qdiff_lib.provenance import toc_files, toc_notebooks  # noqa: E402
 
-
-def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
-    """Every ``file:`` entry of the jb-book TOC (root included), without extension."""
-    toc = yaml.safe_load(toc_path.read_text())
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    return files
-
-
-def toc_notebooks(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
-    """Paths (relative to the repo root) of the TOC entries that are notebooks."""
-    return [f + ".ipynb" for f in toc_files(toc_path) if (ROOT / (f + ".ipynb")).exists()]
-
+__all__ = ["ROOT", "toc_files", "toc_notebooks"]
 
 if __name__ == "__main__":
-    sys.stdout.write(" ".join(toc_notebooks()) + "\n")
+    sys.stdout.write(" ".join(toc_notebooks(ROOT / "_toc.yml")) + "\n")
