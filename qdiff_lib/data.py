@@ -39,6 +39,7 @@ __all__ = [
     "load_images",
     "load_labelled",
     "few_shot_split",
+    "REFERENCE_POOLS",
     "held_out_split",
     "cache_dir",
     "download_file",
@@ -411,6 +412,12 @@ def _load(dataset, split, label, n, seed, download) -> tuple[torch.Tensor, torch
     return to_float(images[idx]), labels_t
 
 
+#: Where :func:`few_shot_split` takes the reference images from: ``"test"`` (the test split, or the unused
+#: training images where only the PathMNIST subset is on disk) or ``"held_out"`` (every held-out image of the
+#: class: the training images not used for training, and the val and test splits, drawn down to ``n_ref``).
+REFERENCE_POOLS = ("test", "held_out")
+
+
 def few_shot_split(
     dataset: str,
     label: int | None,
@@ -418,24 +425,32 @@ def few_shot_split(
     n_ref: int | None = None,
     seed: int = 0,
     download: bool = False,
+    pool: str = "test",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint real images of class ``label``: ``(train, reference)``.
 
     ``train`` is ``load_images(dataset, "train", label, n_train, seed)``: the few-shot training set. ``reference``
-    (held-out real images for the metrics, ``n_ref`` of them, None: all) comes from the test split when the
-    dataset has one on disk; with only the PathMNIST training subset, it is drawn from the training images that
-    were not used for training. The two never overlap.
+    holds held-out real images for the metrics, never overlapping ``train``; ``pool`` (:data:`REFERENCE_POOLS`)
+    says where they come from:
+
+    * ``"test"``: ``n_ref`` of them (None: all) from the test split when the dataset has one on disk; with only the
+      PathMNIST training subset, from the training images that were not used for training (``n_ref`` larger than
+      what is left raises ValueError).
+    * ``"held_out"``: every held-out image of the class, i.e. the training images not used for training followed
+      by the val and test splits present on disk, then ``n_ref`` of them drawn with the seed when there are more
+      (``n_ref`` is a cap here: a small class gives all it has). This gives the reference sets of small MedMNIST
+      classes their power. Caveat: the training images among them are also the training images of the dataset's
+      classifier (:mod:`qdiff_lib.classifier`), whose features the metrics use; generated samples are not.
     """
     dataset = _check_dataset(dataset)
+    check_choice("reference pool", pool, REFERENCE_POOLS)
     train = load_images(dataset, "train", label, n_train, seed, download)
+    if pool == "held_out":
+        return train, _held_out_pool(dataset, label, n_train, n_ref, seed, download)
     if held_out_split(dataset, download) == "test":
         ref_seed = seed + 1_000_003  # independent draw from a disjoint split
         return train, load_images(dataset, "test", label, n_ref, ref_seed, download)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataNotice)
-        pool = load_images(dataset, "train", label, None, seed)
-    order = _select(len(pool), len(pool), seed, f"{dataset}/train")  # the same permutation load_images used
-    rest = pool[order[n_train:]]
+    rest = _unused_training_images(dataset, label, n_train, seed)
     if n_ref is not None:
         if n_ref > len(rest):
             raise ValueError(
@@ -444,6 +459,29 @@ def few_shot_split(
             )
         rest = rest[:n_ref]
     return train, rest
+
+
+def _unused_training_images(dataset: str, label: int | None, n_train: int, seed: int,
+                            download: bool = False) -> torch.Tensor:
+    """The training images of the class that ``load_images(dataset, "train", label, n_train, seed)`` did not draw."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataNotice)
+        pool = load_images(dataset, "train", label, None, seed, download)
+    order = _select(len(pool), len(pool), seed, f"{dataset}/train")  # the same permutation load_images used
+    return pool[order[n_train:]]
+
+
+def _held_out_pool(dataset: str, label: int | None, n_train: int, n_ref: int | None, seed: int,
+                   download: bool) -> torch.Tensor:
+    parts = [_unused_training_images(dataset, label, n_train, seed, download)]
+    if held_out_split(dataset, download) == "test":  # the other splits are on disk
+        for split in dataset_info(dataset).splits:
+            if split != "train":
+                parts.append(load_images(dataset, split, label, None, 0, download))
+    pool = torch.cat(parts)
+    if n_ref is None or n_ref >= len(pool):
+        return pool
+    return pool[torch.from_numpy(_select(len(pool), n_ref, seed + 2_000_003, f"{dataset} held-out pool"))]
 
 
 def available_datasets() -> dict[str, str]:

@@ -156,7 +156,12 @@ class RunOptions:
     dataset: str = option("mnist", group=_DATA, choices=_datasets, help="dataset")
     label: int = option(1, group=_DATA, help="the one class trained on, 0..n_classes-1")
     n_train: int = option(100, group=_DATA, help="training images, drawn from the class with --seed")
-    n_ref: int = option(1000, group=_DATA, help="held-out real images of the class for the metrics")
+    n_ref: int = option(1000, group=_DATA, help="held-out real images of the class for the metrics (with "
+                                                "--reference-pool held_out: at most this many)")
+    reference_pool: str = option(
+        "test", group=_DATA, choices=data.REFERENCE_POOLS, key_neutral=True,
+        help="where the reference images come from: test (the test split) or held_out (every held-out image of "
+             "the class: unused training images, val and test; see qdiff_lib.data.few_shot_split)")
     bottleneck: str = option(
         "quantum", group=_MODEL, choices=BOTTLENECKS,
         help="bottleneck: none (official baseline), se, se_frozen, quantum, fourier (classical surrogate of the "
@@ -513,7 +518,7 @@ def prepare(options: RunOptions, out: str | os.PathLike, force: bool = False) ->
     options.validate()
     device = resolve_device(options.device)
     images, reference = data.few_shot_split(options.dataset, options.label, options.n_train, options.n_ref,
-                                            options.seed)
+                                            options.seed, pool=options.reference_pool)
     mismatch = None if force else checkpoint_mismatch(out / CHECKPOINT_DIR, images, options.train_config())
     if mismatch:
         raise ValueError(

@@ -92,7 +92,7 @@ def rescore_summary(summary: dict[str, Any], run_dir: str | os.PathLike, device:
     samples = load_samples(run_dir, summary.get("samples"))
     t0 = time.perf_counter()
     images, reference = data.few_shot_split(options.dataset, options.label, options.n_train, options.n_ref,
-                                            options.seed)
+                                            options.seed, pool=options.reference_pool)
     metrics = evaluate(torch.from_numpy(samples), options.dataset, options.label, images, reference=reference,
                        seed=options.seed, device=device)
     return {

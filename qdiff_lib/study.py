@@ -1,10 +1,9 @@
 """Studies: named grids of runs, profiles, resumable execution and compact result files.
 
 A *run* is one :class:`qdiff_lib.experiment.RunOptions` (train one model, sample, score). A *study* is a named grid of
-runs (``mnist``, ``medmnist``, ``scaling``, ``noise_schedules``) built for a *profile*:
-
-* ``ci``: small budgets, so that every chapter executes in CI;
-* ``full``: the study behind the verdicts (2000 optimiser steps, 3 seeds, 500 samples per configuration).
+runs built for a *profile* (``ci``: small budgets, so that every chapter executes in CI; ``full``: the study behind
+the verdicts); the grids, arms and profiles are defined in :mod:`qdiff_lib.grids`, the CI re-check of committed runs
+in :mod:`qdiff_lib.recheck` (their names are importable from here too).
 
 :func:`run_study` executes the runs, several at once on local worker processes (``--workers N``, default: one
 per core, one torch thread each) or on a running Dask cluster (``--scheduler ADDRESS``); see
@@ -23,13 +22,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +34,42 @@ import pandas as pd
 import torch
 
 from qdiff_lib import REPO_ROOT, experiment, numerics
-from qdiff_lib._checks import check_choice
 from qdiff_lib._io import atomic_write
-from qdiff_lib.experiment import KEY_NEUTRAL, RESULT_NAME, SAMPLES_NAME, RunOptions, positive_int
+from qdiff_lib.experiment import RESULT_NAME, SAMPLES_NAME, RunOptions, positive_int
+
+# The grids and the re-check live in their own modules; their names stay importable from here.
+from qdiff_lib.grids import (  # noqa: F401
+    ARMS,
+    MEDMNIST16_ARMS,
+    MEDMNIST_CASES,
+    MEDMNIST_REFERENCE_CAP,
+    MNIST16_ARMS,
+    MNIST_V1_ARMS,
+    PAPER_N_QUBITS,
+    PROFILES,
+    RELEASED16_ARMS,
+    SCALING16_ARMS,
+    SCALING16_N,
+    STUDIES,
+    Profile,
+    arm_of,
+    arm_options,
+    profile,
+    run_key,
+    scaling16_sizes,
+    study_runs,
+)
 from qdiff_lib.parallel import Executor, TaskFailure, default_workers
+from qdiff_lib.recheck import (  # noqa: F401
+    RECHECK_FINAL_LOSS_RTOL,
+    RECHECK_MODES,
+    RECHECK_Z,
+    is_pinned,
+    recheck_candidate,
+    recheck_differences,
+    recheck_mode,
+    recompute_cost_s,
+)
 
 __all__ = [
     "ARMS",
@@ -66,171 +94,6 @@ __all__ = [
     "recheck_mode",
     "recheck_differences",
 ]
-
-#: The arms compared throughout the book: name -> the model options that define it. All gated arms share the U-Net,
-#: the squeeze and up layers and their seeds, and differ only in the middle of the gate (or in what is frozen).
-ARMS: dict[str, dict[str, Any]] = {
-    "none": {"bottleneck": "none"},  # the official classical baseline: no bottleneck module (unmatched)
-    "se": {"bottleneck": "se"},  # squeeze-and-excitation gate, classical nonlinearity tanh (matched control)
-    "se_frozen": {"bottleneck": "se_frozen"},  # what the official quantum arm effectively trained
-    "quantum_paper": {"bottleneck": "quantum", "ansatz": "paper"},  # the official circuit (zero gradient)
-    "quantum_rzry": {"bottleneck": "quantum", "ansatz": "rzry"},  # the authors' later fix
-    # Controls that separate "quantum" from "a cosine-shaped gate" (the circuit with no entangler and no weights is
-    # a product of cosines of the angles):
-    "se_cos": {"bottleneck": "se", "nonlinearity": "cos"},
-    "quantum_rzry_frozen": {"bottleneck": "quantum", "ansatz": "rzry", "freeze_circuit": True},  # weights fixed
-    "quantum_rzry_separable": {"bottleneck": "quantum", "ansatz": "rzry_separable"},  # no entangler
-    "quantum_paper_released": {"bottleneck": "quantum", "ansatz": "paper", "freeze_squeeze": True},
-    "fourier": {"bottleneck": "fourier"},  # classical surrogate of the rzry layer (qdiff_lib.surrogate)
-}
-#: The arms of the first MNIST study (8 qubits), whose grid must not change.
-MNIST_V1_ARMS = ("none", "se", "se_frozen", "quantum_paper", "quantum_rzry")
-#: The arms of the 16-qubit MNIST study (``none`` has no gate and no width: its 8-qubit runs pair with these).
-MNIST16_ARMS = ("se", "se_cos", "quantum_paper", "quantum_rzry", "quantum_rzry_frozen", "quantum_rzry_separable",
-                "fourier")
-#: The circuit width of the paper (and of the ``mnist16`` study's full profile).
-PAPER_N_QUBITS = 16
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Budgets of a profile. ``n_qubits`` is the circuit width used by every gated arm."""
-
-    name: str
-    steps: int
-    seeds: tuple[int, ...]
-    n_samples: int
-    n_ref: int
-    n_qubits: int
-    sample_steps: int
-    digits: tuple[int, ...]
-    scaling_n: tuple[int, ...]
-
-
-PROFILES: dict[str, Profile] = {
-    "ci": Profile("ci", steps=150, seeds=(0,), n_samples=64, n_ref=200, n_qubits=8, sample_steps=20,
-                  digits=(3,), scaling_n=(10, 100)),
-    # n_ref=800: every MNIST digit has at least 892 test images. 16 qubits cost ~10x more per step than 8 on a
-    # CPU (see the performance chapter); the full profile uses 8
-    # so that a CPU can finish it, and the circuit-design chapter checks the 16-qubit circuit on its own.
-    "full": Profile("full", steps=2000, seeds=(0, 1, 2), n_samples=500, n_ref=800, n_qubits=8, sample_steps=50,
-                    digits=tuple(range(10)), scaling_n=(10, 25, 50, 100, 250, 1000)),
-}
-
-
-def profile(name: str) -> Profile:
-    check_choice("profile", name, PROFILES)
-    return PROFILES[name]
-
-
-def arm_options(arm: str, **overrides: Any) -> RunOptions:
-    """RunOptions for ``arm`` (a key of :data:`ARMS`) with ``overrides`` (any RunOptions field)."""
-    check_choice("arm", arm, ARMS)
-    fields = {f.name for f in dataclasses.fields(RunOptions)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown run option(s) {unknown}; allowed: {sorted(fields)}")
-    return RunOptions(**{**ARMS[arm], **overrides})
-
-
-def _budget(p: Profile) -> dict[str, Any]:
-    return dict(steps=p.steps, n_samples=p.n_samples, n_ref=p.n_ref, n_qubits=p.n_qubits, sample_steps=p.sample_steps,
-                sampler="ddim")
-
-
-def _mnist(p: Profile) -> list:
-    return [arm_options(arm, dataset="mnist", label=d, n_train=64, seed=s, **_budget(p))
-            for d in p.digits for arm in MNIST_V1_ARMS for s in p.seeds]
-
-
-def _mnist16(p: Profile) -> list:
-    """The MNIST study at the paper's width, with every control (the ci profile keeps its own small width)."""
-    width = PAPER_N_QUBITS if p.name == "full" else p.n_qubits
-    # Seeds outermost: a partly computed study holds every (digit, arm) pair of its first seeds, so that each
-    # comparison can already be read over all ten digits.
-    return [arm_options(arm, dataset="mnist", label=d, n_train=64, seed=s, **{**_budget(p), "n_qubits": width})
-            for s in p.seeds for d in p.digits for arm in MNIST16_ARMS]
-
-
-#: (dataset, label) pairs of the MedMNIST study: PathMNIST as the paper (label 1, "background", the easiest
-#: class) and a harder one (label 8, colorectal adenocarcinoma epithelium), RetinaMNIST, BreastMNIST,
-#: PneumoniaMNIST.
-MEDMNIST_CASES = (("pathmnist", 1), ("pathmnist", 8), ("retinamnist", 0), ("breastmnist", 1), ("pneumoniamnist", 1))
-
-
-def _medmnist(p: Profile) -> list:
-    cases = MEDMNIST_CASES if p.name == "full" else MEDMNIST_CASES[:1]
-    # PathMNIST classes 1 and 8 have 119 images each in the 1000-image subset, 55 after the 64 training images;
-    # every case uses the same 40 so that their KIDs carry comparable sampling noise.
-    n_ref = min(p.n_ref, 40)
-    arms = ("none", "se", "quantum_rzry")
-    return [arm_options(arm, dataset=ds, label=lab, n_train=64, seed=s, **{**_budget(p), "n_ref": n_ref})
-            for ds, lab in cases for arm in arms for s in p.seeds]
-
-
-def _scaling(p: Profile) -> list:
-    return [arm_options(arm, dataset="mnist", label=3, n_train=n, seed=s, **_budget(p))
-            for n in p.scaling_n for arm in ("none", "se", "quantum_rzry") for s in p.seeds]
-
-
-def _noise_schedules(p: Profile) -> list:
-    combos = [(sched, noise) for sched in ("cosine", "tailored") for noise in ("gaussian", "quantum")]
-    return [arm_options("quantum_rzry", dataset="mnist", label=3, n_train=64, seed=s, schedule=sched, noise=noise,
-                        **_budget(p))
-            for sched, noise in combos for s in p.seeds]
-
-
-#: study name -> function(profile) -> list of RunOptions.
-STUDIES = {"mnist": _mnist, "medmnist": _medmnist, "scaling": _scaling, "noise_schedules": _noise_schedules,
-           "mnist16": _mnist16}
-
-
-def study_runs(study: str, profile_name: str = "ci") -> list:
-    """The RunOptions of ``study`` under ``profile_name``."""
-    check_choice("study", study, STUDIES)
-    return STUDIES[study](profile(profile_name))
-
-
-def _arm_signature(values: dict[str, Any]) -> tuple:
-    """What makes an arm: the bottleneck, and only the options that matter for it."""
-    b = values["bottleneck"]
-    return (
-        b,
-        values.get("ansatz", "rzry") if b == "quantum" else None,
-        values.get("nonlinearity", "tanh") if b in ("se", "se_frozen") else None,
-        bool(values.get("freeze_squeeze", False)) and b != "se_frozen",
-        bool(values.get("freeze_circuit", False)),
-    )
-
-
-def arm_of(options) -> str:
-    """The name in :data:`ARMS` of a run's options (a RunOptions or its dict), or a descriptive name if none fits."""
-    values = options if isinstance(options, dict) else dataclasses.asdict(options)
-    defaults = dataclasses.asdict(RunOptions())
-    signature = _arm_signature(values)
-    for name, spec in ARMS.items():
-        if _arm_signature({**defaults, **spec}) == signature:
-            return name
-    b, ansatz, nonlinearity, freeze_squeeze, freeze_circuit = signature
-    return "_".join(str(x) for x in (b, ansatz, nonlinearity, freeze_squeeze and "squeeze_frozen",
-                                     freeze_circuit and "frozen") if x)
-
-
-def run_key(options) -> str:
-    """A readable, stable name for a run: dataset, label, n, arm, seed, and a hash of every option.
-
-    Options added after the first study are left out of the hash while they have their neutral value
-    (:data:`qdiff_lib.experiment.KEY_NEUTRAL`), so that earlier runs keep their names.
-    """
-    values = dataclasses.asdict(options)
-    for name, neutral in KEY_NEUTRAL.items():
-        if values.get(name) == neutral:
-            values.pop(name)
-    payload = json.dumps(values, sort_keys=True, default=str)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
-    return f"{options.dataset}-l{options.label}-n{options.n_train}-{arm_of(options)}-s{options.seed}-{digest}"
-
-
 def results_dir(profile_name: str, study: str, root: str | os.PathLike | None = None) -> Path:
     """``<root>/<profile>/<study>``; root defaults to the repository's ``results/``."""
     return Path(root if root is not None else REPO_ROOT / "results") / profile_name / study
@@ -409,112 +272,6 @@ def run_study(study: str, profile_name: str = "ci", root: str | os.PathLike | No
     if failures:
         raise StudyFailed(study, failures)
     return load_results(profile_name, study, root)
-
-
-def recompute_cost_s(summary: dict[str, Any]) -> float | None:
-    """Seconds that recomputing ``summary``'s run from scratch takes, estimated from its recorded timings.
-
-    ``timings.train_s`` is the wall time of the last call only, so for a run resumed from a checkpoint it counts just
-    the resumed steps; the per-step time times the run's steps, plus sampling and metrics, holds for both. None when
-    the file has no real per-step time (its last call found training finished and only sampled, or an epochs
-    budget): such a file says nothing about the cost of training.
-    """
-    t = summary["timings"]
-    steps = summary["options"]["steps"]
-    if t.get("per_step_s") is None or steps is None:
-        return None
-    return float(t["per_step_s"] * steps + t.get("sample_s", 0.0) + t.get("metrics_s", 0.0))
-
-
-def is_pinned(summary: dict[str, Any]) -> bool:
-    """True when ``summary``'s run ran under the pinned numerics (:mod:`qdiff_lib.numerics`) on the CPU, so that it
-    reproduces bit for bit on any x86-64 CPU with AVX2. Runs committed before the pinning carry no ``numerics``."""
-    state = summary.get("numerics") or {}
-    return summary.get("device") == "cpu" and state.get("mode") == "pinned" and bool(state.get("exact"))
-
-
-def recheck_candidate(summaries: dict[Any, dict[str, Any]]) -> Any | None:
-    """The key of the committed run that the CI re-check recomputes: the cheapest (:func:`recompute_cost_s`) of
-    the pinned runs (:func:`is_pinned`) with a real per-step time, ties broken by key; None if there is none."""
-    costs = {k: recompute_cost_s(s) for k, s in summaries.items() if is_pinned(s)}
-    costs = {k: c for k, c in costs.items() if c is not None}
-    return min(costs, key=lambda k: (costs[k], str(k))) if costs else None
-
-
-#: How the re-check compares: ``exact`` (every number equal: a pinned run recomputed by a pinned process on an
-#: x86-64 CPU with AVX2) or ``tolerance`` (any other platform: ARM, a CPU without AVX2, a GPU, native numerics).
-RECHECK_MODES = ("exact", "tolerance")
-#: Tolerance mode: each metric with a standard error must agree within this many combined standard errors ...
-RECHECK_Z = 4.0
-#: ... and the final training loss (a mean over the last steps' noisy losses) within this relative difference.
-RECHECK_FINAL_LOSS_RTOL = 0.10
-
-
-def recheck_mode(summary: dict[str, Any]) -> str:
-    """``exact`` when ``summary`` is pinned and this process runs the pinned numerics, else ``tolerance``."""
-    return "exact" if is_pinned(summary) and not numerics.check() else "tolerance"
-
-
-def _numeric_leaves(obj: Any, prefix: str = "") -> dict[str, float]:
-    """``{"kid.mean": 0.1, ...}``: every number in a nested dict (booleans and None excluded)."""
-    if isinstance(obj, dict):
-        out: dict[str, float] = {}
-        for key, value in obj.items():
-            out.update(_numeric_leaves(value, f"{prefix}{key}."))
-        return out
-    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        return {prefix[:-1]: float(obj)}
-    return {}
-
-
-def recheck_differences(ref: dict[str, Any], got: dict[str, Any], mode: str) -> list[str]:
-    """What differs between a committed summary ``ref`` and its recomputation ``got`` (empty: they agree).
-
-    ``exact``: the parameter counts, the loss curve, the final loss, every number of the metrics and the sample
-    preview must be equal. ``tolerance``: where other kernels round differently, a 2000-step run drifts onto
-    another trajectory, so the recomputation is compared as another draw of the same run: equal parameter counts,
-    the final loss within :data:`RECHECK_FINAL_LOSS_RTOL`, and every metric that carries a standard error
-    (``mean``, ``se``) within :data:`RECHECK_Z` combined standard errors; metrics without one are not compared.
-    """
-    check_choice("re-check mode", mode, RECHECK_MODES)
-    problems = []
-    if got["n_parameters"] != ref["n_parameters"] or got["n_reference"] != ref["n_reference"]:
-        problems.append(f"parameter or reference counts differ: {got['n_parameters']}, {got['n_reference']} "
-                        f"!= {ref['n_parameters']}, {ref['n_reference']}")
-    if mode == "exact":
-        curve, committed = got["loss_curve"], ref["loss_curve"]
-        if curve != committed:
-            first = next((i for i, (a, b) in enumerate(zip(curve, committed, strict=False)) if a != b), None)
-            if first is None:  # one is the beginning of the other
-                problems.append(f"loss curve has {len(curve)} windows, the committed one {len(committed)}")
-            else:
-                problems.append(f"loss curve differs from window {first}: {curve[first]} != {committed[first]}")
-        if got["final_loss"] != ref["final_loss"]:
-            problems.append(f"final loss {got['final_loss']!r} != {ref['final_loss']!r}")
-        want, have = _numeric_leaves(ref["metrics"]), _numeric_leaves(got["metrics"])
-        if set(want) != set(have):
-            problems.append(f"metrics differ in their entries: {sorted(set(want) ^ set(have))}")
-        problems += [f"metric {k}: {have[k]!r} != {want[k]!r}" for k in sorted(set(want) & set(have))
-                     if have[k] != want[k]]
-        if (got.get("preview") or {}).get("data") != (ref.get("preview") or {}).get("data"):
-            problems.append("sample preview differs")
-        return problems
-    rel = abs(got["final_loss"] - ref["final_loss"]) / abs(ref["final_loss"])
-    if not rel <= RECHECK_FINAL_LOSS_RTOL:
-        problems.append(f"final loss {got['final_loss']:.5g} vs {ref['final_loss']:.5g}: relative difference "
-                        f"{rel:.3g} > {RECHECK_FINAL_LOSS_RTOL}")
-    for name, value in ref["metrics"].items():
-        if not (isinstance(value, dict) and "se" in value and "mean" in value):
-            continue
-        other = got["metrics"].get(name)
-        if not (isinstance(other, dict) and "mean" in other and "se" in other):
-            problems.append(f"metric {name} missing from the recomputation")
-            continue
-        z = abs(other["mean"] - value["mean"]) / max(math.hypot(other["se"], value["se"]), 1e-300)
-        if not z <= RECHECK_Z:
-            problems.append(f"metric {name}: {other['mean']:.5g} vs {value['mean']:.5g} is {z:.2g} combined "
-                            f"standard errors apart (> {RECHECK_Z})")
-    return problems
 
 
 def _flatten(summary: dict[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def test_options_are_generated_from_the_run_options():
     o = RunOptions(lr=1e-3, noise_kwargs={"n_qubits": 4}, epochs=2.0, steps=None)
     assert o.train_config() == TrainConfig(**{f.name: getattr(o, f.name) for f in dataclasses.fields(TrainConfig)})
     assert o.train_config().noise_kwargs is not o.noise_kwargs
-    assert experiment.KEY_NEUTRAL == {"freeze_squeeze": False, "freeze_circuit": False, "quantum_backend": "auto"}
+    assert experiment.KEY_NEUTRAL == {"freeze_squeeze": False, "freeze_circuit": False, "quantum_backend": "auto",
+                                     "reference_pool": "test"}
 
 
 def test_run_writes_result_and_samples_and_refuses_to_overwrite(tmp_path, capsys):

@@ -33,6 +33,12 @@ GRID_SIZES = {
     ("noise_schedules", "full"): 4 * 3,
     ("mnist16", "ci"): 1 * 7 * 1,
     ("mnist16", "full"): 10 * 7 * 3,
+    ("scaling16", "ci"): 2 * 3 * 1,
+    ("scaling16", "full"): 5 * 3 * 3,
+    ("medmnist16", "ci"): 1 * 4 * 1,
+    ("medmnist16", "full"): 5 * 4 * 3,
+    ("released16", "ci"): 1 * 2,
+    ("released16", "full"): 10 * 2,
 }
 
 
@@ -56,7 +62,8 @@ def test_grid_sizes(name, profile):
 def test_grids_follow_the_profile_budgets():
     for profile_name, p in PROFILES.items():
         for name in STUDIES:
-            width = study.PAPER_N_QUBITS if (name, profile_name) == ("mnist16", "full") else p.n_qubits
+            second_edition = name in ("mnist16", "scaling16", "medmnist16", "released16")
+            width = study.PAPER_N_QUBITS if second_edition and profile_name == "full" else p.n_qubits
             for o in study_runs(name, profile_name):
                 assert (o.steps, o.n_samples, o.n_qubits, o.sample_steps) == (p.steps, p.n_samples, width,
                                                                                p.sample_steps)
@@ -68,6 +75,38 @@ def test_grids_follow_the_profile_budgets():
     arms = {(o.bottleneck, o.ansatz if o.bottleneck == "quantum" else None) for o in mnist}
     assert arms == {("none", None), ("se", None), ("se_frozen", None), ("quantum", "paper"), ("quantum", "rzry")}
     assert sorted({o.n_train for o in study_runs("scaling", "full")}) == [10, 25, 50, 100, 250, 1000]
+
+
+def test_second_edition_grids():
+    """The grids of the study issue: scaling to the full class, MedMNIST with every held-out image up to the cap,
+    the released model at the paper's width; and the order that lets a partial study be read over every digit."""
+    from qdiff_lib import data
+
+    scaling = study_runs("scaling16", "full")
+    full_class = len(data.load_images("mnist", "train", 3))
+    assert sorted({o.n_train for o in scaling}) == [*study.SCALING16_N, full_class]
+    assert {study.arm_of(o) for o in scaling} == set(study.SCALING16_ARMS)
+    med = study_runs("medmnist16", "full")
+    assert {(o.dataset, o.label) for o in med} == set(study.MEDMNIST_CASES)
+    assert {o.reference_pool for o in med} == {"held_out"} and {o.n_ref for o in med} == {
+        study.MEDMNIST_REFERENCE_CAP}
+    assert {study.arm_of(o) for o in med} == set(study.MEDMNIST16_ARMS)
+    released = study_runs("released16", "full")
+    assert {study.arm_of(o) for o in released} == set(study.RELEASED16_ARMS) and {o.seed for o in released} == {0}
+    first_seed = study_runs("mnist16", "full")[: 10 * len(study.MNIST16_ARMS)]
+    assert {o.seed for o in first_seed} == {0} and {o.label for o in first_seed} == set(range(10))
+
+
+def test_held_out_reference_pool_is_disjoint_from_training_and_capped():
+    train, ref = data.few_shot_split("breastmnist", 1, 64, None, seed=0, pool="held_out")
+    _, test_only = data.few_shot_split("breastmnist", 1, 64, None, seed=0)
+    flat = {tuple(x.flatten().tolist()) for x in train}
+    assert not any(tuple(x.flatten().tolist()) in flat for x in ref), "a training image in the reference"
+    assert len(ref) > len(test_only) + 64  # unused training images and val added to the test split
+    _, capped = data.few_shot_split("breastmnist", 1, 64, 100, seed=0, pool="held_out")
+    assert len(capped) == 100
+    with pytest.raises(ValueError, match="reference pool"):
+        data.few_shot_split("breastmnist", 1, 64, 100, seed=0, pool="everything")
 
 
 def test_full_mnist_grids_ask_for_available_reference_images():
@@ -90,7 +129,8 @@ def test_run_key_is_stable_and_separates_every_option():
                    timestep_distribution="logsnr_gaussian", steps=3, epochs=1.0, batch_size=32, lr=1e-3,
                    ema_decay=0.99, ema_warmup=False, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3,
                    eta=0.5, seed=1,
-                   device="cuda", metrics=True, freeze_squeeze=True, freeze_circuit=True, quantum_backend="mps")
+                   device="cuda", metrics=True, freeze_squeeze=True, freeze_circuit=True, quantum_backend="mps",
+                   reference_pool="held_out")
     assert set(changed) == {f.name for f in dataclasses.fields(cli.RunOptions)}, "a RunOptions field is untested"
     keys = {run_key(dataclasses.replace(o, **{name: value})) for name, value in changed.items()}
     assert len(keys) == len(changed) and run_key(o) not in keys
