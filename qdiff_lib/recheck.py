@@ -78,8 +78,10 @@ def recheck_differences(ref: dict[str, Any], got: dict[str, Any], mode: str) -> 
     """What differs between a committed summary ``ref`` and its recomputation ``got`` (empty: they agree).
 
     ``exact``: the parameter counts, the loss curve, the final loss, every number of the metrics and the sample
-    preview must be equal. ``tolerance``: where other kernels round differently, a 2000-step run drifts onto
-    another trajectory, so the recomputation is compared as another draw of the same run: equal parameter counts,
+    preview must be equal (for a file scored by an older :data:`~qdiff_lib.metrics.METRICS_VERSION`, every
+    metric it has; entries added to the metrics since are not compared). ``tolerance``: where other kernels round
+    differently, a 2000-step run drifts onto another trajectory, so the recomputation is compared as another draw of
+    the same run: equal parameter counts,
     the final loss within :data:`RECHECK_FINAL_LOSS_RTOL`, and every metric that carries a standard error
     (``mean``, ``se``) within :data:`RECHECK_Z` combined standard errors; metrics without one are not compared.
     """
@@ -99,6 +101,10 @@ def recheck_differences(ref: dict[str, Any], got: dict[str, Any], mode: str) -> 
         if got["final_loss"] != ref["final_loss"]:
             problems.append(f"final loss {got['final_loss']!r} != {ref['final_loss']!r}")
         want, have = _numeric_leaves(ref["metrics"]), _numeric_leaves(got["metrics"])
+        if (ref.get("metrics_version") or 0) < (got.get("metrics_version") or 0):
+            # scored by older metrics: entries added since have nothing to be compared with (every old one must be
+            # there and equal)
+            have = {k: v for k, v in have.items() if k in want}
         if set(want) != set(have):
             problems.append(f"metrics differ in their entries: {sorted(set(want) ^ set(have))}")
         problems += [f"metric {k}: {have[k]!r} != {want[k]!r}" for k in sorted(set(want) & set(have))

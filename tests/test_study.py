@@ -353,6 +353,13 @@ def test_recheck_exact_mode_catches_one_changed_number():
         got = json.loads(json.dumps(ref))
         change(got)
         assert len(study.recheck_differences(ref, got, "exact")) == 1
+    # a metric added since the committed file was scored is not compared; one it had must still be there
+    newer = {**json.loads(json.dumps(ref)), "metrics_version": 2}
+    newer["metrics"]["speckle"] = {"mean": 0.01}
+    assert study.recheck_differences({**ref, "metrics_version": 1}, newer, "exact") == []
+    assert len(study.recheck_differences({**ref, "metrics_version": 2}, newer, "exact")) == 1
+    del newer["metrics"]["fid"]
+    assert len(study.recheck_differences({**ref, "metrics_version": 1}, newer, "exact")) == 1
     short = {**ref, "loss_curve": ref["loss_curve"][:1]}  # a run cut short: the curves agree as far as they go
     assert study.recheck_differences(ref, short, "exact") == ["loss curve has 1 windows, the committed one 2"]
     with pytest.raises(ValueError, match="allowed: \\['exact', 'tolerance'\\]"):

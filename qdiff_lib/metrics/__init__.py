@@ -17,6 +17,8 @@ held-out real images of the same class:
   k-nearest-neighbour manifold, and of real images inside the generated one; with density and coverage
   (Naeem et al. 2020), which an isolated real image sways less.
 * **class consistency**: the classifier's accuracy on samples meant to be of class ``label``.
+* **speckle** (pixel space): the share of background pixels (lit by no real image of the class) that samples
+  light, against the rate of real images (:func:`speckle`); None where the class has no background.
 * **memorization**: median distance from held-out real images to their nearest training image, divided by the
   same median for generated samples. About 1 for a model that generalises; large when samples copy training
   images (:data:`MEMORIZATION_THRESHOLD`).
@@ -24,11 +26,22 @@ held-out real images of the same class:
 :func:`inception_fid` gives the paper's Inception-v3 FID when its weights and ``torch-fidelity`` are installed.
 
 Modules: :mod:`~qdiff_lib.metrics.distances` (features, FID, KID, their small-sample behaviour, Inception FID),
-:mod:`~qdiff_lib.metrics.neighbours` (precision/recall, density/coverage, memorization) and
-:mod:`~qdiff_lib.metrics.evaluation` (the held-out reference, class consistency, :func:`evaluate`); every name is
-importable from ``qdiff_lib.metrics`` itself.
+:mod:`~qdiff_lib.metrics.neighbours` (precision/recall, density/coverage, memorization),
+:mod:`~qdiff_lib.metrics.pixels` (speckle), :mod:`~qdiff_lib.metrics.evaluation` (the held-out reference, class
+consistency, :func:`evaluate`) and :mod:`~qdiff_lib.metrics.calibration` (floors and ceilings, the normalised
+score, degradation curves, the paper's protocol: :func:`paper_fid`); every name is importable from
+``qdiff_lib.metrics`` itself.
 """
 
+from qdiff_lib.metrics.calibration import (
+    DEGRADATIONS,
+    degradation_curves,
+    degrade,
+    kid_from_features,
+    metric_floor_ceiling,
+    normalised_score,
+    paper_fid,
+)
 from qdiff_lib.metrics.distances import (
     INCEPTION_WEIGHTS_FILE,
     INCEPTION_WEIGHTS_URL,
@@ -44,11 +57,12 @@ from qdiff_lib.metrics.distances import (
 )
 from qdiff_lib.metrics.evaluation import class_consistency, evaluate, held_out_reference
 from qdiff_lib.metrics.neighbours import MEMORIZATION_THRESHOLD, memorization, precision_recall
+from qdiff_lib.metrics.pixels import SPECKLE_THRESHOLD, speckle
 
 #: The version of :func:`evaluate`'s output. Raise it whenever a change of the metrics changes a number or adds an
 #: entry: ``python -m qdiff_lib study --rescore`` recomputes the metrics of every run whose summary records an older
 #: version (:mod:`qdiff_lib.rescore`), from the run's kept samples, without retraining.
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: evaluate() gained "speckle" (qdiff_lib.metrics.pixels)
 
 __all__ = [
     "METRICS_VERSION",
@@ -69,4 +83,13 @@ __all__ = [
     "inception_fid",
     "held_out_reference",
     "evaluate",
+    "SPECKLE_THRESHOLD",
+    "speckle",
+    "DEGRADATIONS",
+    "degrade",
+    "degradation_curves",
+    "kid_from_features",
+    "metric_floor_ceiling",
+    "normalised_score",
+    "paper_fid",
 ]

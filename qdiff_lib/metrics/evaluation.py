@@ -11,6 +11,7 @@ from scipy import stats
 from qdiff_lib import data
 from qdiff_lib.metrics.distances import _check_images, extract_features, fid, kid
 from qdiff_lib.metrics.neighbours import _precision_recall_draws, memorization
+from qdiff_lib.metrics.pixels import speckle
 
 if TYPE_CHECKING:
     from qdiff_lib.classifier import TrainedClassifier
@@ -93,7 +94,9 @@ def evaluate(
     ``precision``/``recall``/``density``/``coverage`` {mean, se, draw_std} (see :func:`precision_recall`;
     mean over ``n_pr_draws`` equal-size draws, ``draw_std`` their spread, ``se`` the mean binomial SE);
     ``class_consistency`` {mean, ci_low, ci_high, n}; ``memorization`` (pixels) and ``memorization_features``
-    {mean, ci_low, ci_high, flag, threshold, copy_fraction}; plus ``n_samples``, ``n_reference``,
+    {mean, ci_low, ci_high, flag, threshold, copy_fraction}; ``speckle`` {mean, real_rate, excess, n_background,
+    threshold} (pixel space, :func:`~qdiff_lib.metrics.speckle`; None entries where the class has no background);
+    plus ``n_samples``, ``n_reference``,
     ``n_train``, ``out_of_range_fraction``, ``classifier_test_accuracy``, ``seed``.
     """
     from qdiff_lib.classifier import get_classifier
@@ -131,6 +134,7 @@ def evaluate(
         "class_consistency": class_consistency(predicted, label),
         "memorization": memorization(samples, reference, train_images, seed=seed),
         "memorization_features": memorization(f_gen, f_ref, f_train, seed=seed),
+        "speckle": speckle(samples, reference),
         "out_of_range_fraction": out_of_range,
         "n_samples": len(samples),
         "n_reference": len(reference),
