@@ -22,6 +22,8 @@ A *run* trains one model (:func:`qdiff_lib.train.train`), samples from it and sc
   ``git_commit``, ``git_dirty``, ``timings`` (seconds) and ``command``;
 * ``samples.npz`` (:data:`SAMPLES_NAME`): key ``samples``, float32 ``(n_samples, C, 28, 28)`` in [-1, 1], drawn
   from the EMA model;
+* with ``score_at``: ``samples_step<k>.npz`` for each of its steps, their metrics in ``result.json``'s
+  ``metrics_at`` and checksums in ``samples_at`` (kept meanwhile in :data:`SCORED_AT_NAME`);
 * ``checkpoints/checkpoint.pt`` (under :data:`CHECKPOINT_DIR`): the training checkpoint. Running the same options
   into the same folder again resumes from it.
 
@@ -84,6 +86,8 @@ __all__ = [
 
 RESULT_NAME = "result.json"
 SAMPLES_NAME = "samples.npz"
+#: The scores at intermediate steps (``score_at``) of a run in progress, so that a resumed run keeps them.
+SCORED_AT_NAME = "scored_at.json"
 CHECKPOINT_DIR = "checkpoints"
 
 #: Every package whose code produces a number of a run (training, sampling, metrics), recorded in its result.
@@ -214,6 +218,23 @@ class RunOptions:
         help="freeze the circuit's weights at their initialisation (--bottleneck quantum only)")
     quantum_backend: str = option("auto", group=_MODEL, choices=_quantum_backends, key_neutral=True,
                                   help="simulator of the circuit: auto picks the cheapest exact one")
+    score_at: str = option(
+        "", group=_SAMPLING, key_neutral=True, show_default=False,
+        help="comma-separated optimiser steps before the last at which the EMA model is also sampled and scored, "
+             "e.g. 1000,2000,5000: a convergence curve from one run (result.json: metrics_at, samples_at)")
+
+    def score_steps(self) -> tuple[int, ...]:
+        """The steps of ``score_at``, sorted (ValueError for anything but positive integers)."""
+        if not self.score_at.strip():
+            return ()
+        try:
+            steps = sorted({int(k) for k in self.score_at.split(",")})
+        except ValueError:
+            raise ValueError(f"score-at must be comma-separated integers such as '1000,2000', got {self.score_at!r}"
+                             ) from None
+        if steps[0] < 1:
+            raise ValueError(f"score-at steps must be >= 1, got {self.score_at!r}")
+        return tuple(steps)
 
     def train_config(self) -> TrainConfig:
         """The training settings: every field of :class:`~qdiff_lib.train.TrainConfig`, taken from these options."""
@@ -249,7 +270,10 @@ class RunOptions:
             )
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
-        self.train_config()  # validates the training settings
+        total = self.train_config().total_steps(self.n_train)  # validates the training settings
+        if any(k >= total for k in self.score_steps()):
+            raise ValueError(f"score-at steps must lie in 1..{total - 1} (the last step is always scored), got "
+                             f"{self.score_at!r}")
         UNet(**self.model_kwargs(info.n_channels))  # validates the model settings (cheap to build)
         try:  # validates the noise options
             make_noise_source(self.noise, timesteps=self.timesteps, **self.noise_kwargs)
@@ -447,6 +471,15 @@ class PreparedRun:
     reference: torch.Tensor
     t0: float
 
+    def score(self, samples: torch.Tensor) -> dict[str, Any]:
+        """:func:`qdiff_lib.metrics.evaluate` of ``samples`` against this run's images (``{}`` without metrics)."""
+        if not self.options.metrics:
+            return {}
+        from qdiff_lib.metrics import evaluate
+
+        return evaluate(samples, self.options.dataset, self.options.label, self.images, reference=self.reference,
+                        seed=self.options.seed, device=self.device)
+
     def execute(self, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
         """Train, sample, score; write ``result.json`` and ``samples.npz``; return the content of ``result.json``."""
         options, out = self.options, self.out
@@ -458,20 +491,33 @@ class PreparedRun:
         n_parameters = {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True)}
         # the simulator that "auto" chose (None for arms without a circuit)
         backends = {getattr(m, "resolved_backend", None) for m in model.modules()} - {None}
+        # scores at intermediate steps (score_at), kept in a progress file so that a resumed run keeps them
+        progress_path = out / SCORED_AT_NAME
+        if self.force:
+            progress_path.unlink(missing_ok=True)
+        scored = json.loads(progress_path.read_text()) if progress_path.exists() else {"metrics_at": {},
+                                                                                        "samples_at": {}}
+
+        def on_snapshot(step: int, ema: nn.Module) -> None:
+            snapshot = _draw_samples(ema, options, self.in_channels, self.device, progress=False)
+            array = snapshot.numpy().astype(np.float32)
+            name = f"samples_step{step}.npz"
+            atomic_write(out / name, lambda f: np.savez(f, samples=array))
+            scored["metrics_at"][str(step)] = self.score(snapshot)
+            scored["samples_at"][str(step)] = {**samples_record(array), "file": name}
+            text = json.dumps(scored, indent=1, allow_nan=False)
+            atomic_write(progress_path, lambda f: f.write(text.encode()))
+
+        pending = [k for k in options.score_steps() if str(k) not in scored["metrics_at"]]
         result = train(model, self.images, options.train_config(), checkpoint_dir=out / CHECKPOINT_DIR,
-                       progress=progress)
+                       progress=progress, snapshot_at=pending, on_snapshot=on_snapshot)
 
         t_sample = time.perf_counter()
         samples = _draw_samples(result.ema_model, options, self.in_channels, self.device, progress)
         sample_s = time.perf_counter() - t_sample
 
         t_metrics = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        if options.metrics:
-            from qdiff_lib.metrics import evaluate
-
-            metrics = evaluate(samples, options.dataset, options.label, self.images, reference=self.reference,
-                               seed=options.seed, device=self.device)
+        metrics = self.score(samples)
         metrics_s = time.perf_counter() - t_metrics
 
         array = samples.numpy().astype(np.float32)
@@ -489,6 +535,7 @@ class PreparedRun:
             "metrics": metrics,
             "metrics_version": _metrics_version() if options.metrics else None,
             "samples": samples_record(array),
+            **({"metrics_at": scored["metrics_at"], "samples_at": scored["samples_at"]} if options.score_at else {}),
             "train": summary,
             "n_parameters": n_parameters,
             "n_reference": len(self.reference),

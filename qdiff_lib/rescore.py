@@ -93,11 +93,18 @@ def rescore_summary(summary: dict[str, Any], run_dir: str | os.PathLike, device:
     t0 = time.perf_counter()
     images, reference = data.few_shot_split(options.dataset, options.label, options.n_train, options.n_ref,
                                             options.seed, pool=options.reference_pool)
-    metrics = evaluate(torch.from_numpy(samples), options.dataset, options.label, images, reference=reference,
-                       seed=options.seed, device=device)
+
+    def score(array: np.ndarray) -> dict[str, Any]:
+        return evaluate(torch.from_numpy(array), options.dataset, options.label, images, reference=reference,
+                        seed=options.seed, device=device)
+
+    metrics = score(samples)
+    intermediate = {step: score(load_samples(run_dir, record)) for step, record in
+                    (summary.get("samples_at") or {}).items()}
     return {
         **summary,
         "metrics": metrics,
+        **({"metrics_at": intermediate} if intermediate else {}),
         "metrics_version": _metrics_version(),
         "n_reference": len(reference),
         "rescored": {**provenance(), "previous_metrics_version": summary.get("metrics_version"),
@@ -145,7 +152,8 @@ def rescore_study(study: str, profile_name: str = "full", root: str | os.PathLik
         result_path = run_dir / RESULT_NAME
         if result_path.exists():
             record = json.loads(result_path.read_text())
-            record.update({k: new[k] for k in ("metrics", "metrics_version", "n_reference", "rescored")})
+            record.update({k: new[k] for k in ("metrics", "metrics_at", "metrics_version", "n_reference", "rescored")
+                           if k in new})
             _write_json(result_path, record)
         report.rescored.append(key)
     return report

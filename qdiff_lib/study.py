@@ -119,6 +119,7 @@ def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:
         "metrics": record["metrics"],
         "metrics_version": record.get("metrics_version"),
         "samples": record.get("samples"),
+        **{k: record[k] for k in ("metrics_at", "samples_at") if k in record},
         "loss_curve": _downsample(record["loss_history"]),
         "final_loss": record["loss_history"][-1],
         "n_parameters": record["n_parameters"],

@@ -30,7 +30,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,8 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     callback: Callable[[int, float, nn.Module], None] | None = None,
+    snapshot_at: Collection[int] = (),
+    on_snapshot: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (in place, moved to the device) to predict the noise added to ``images``.
 
@@ -287,6 +289,10 @@ def train(
         progress: show a tqdm bar.
         callback: ``callback(step, loss, model)`` after each step's update and checkpoint; an exception it
             raises stops training (the checkpoints already written stay).
+        snapshot_at, on_snapshot: ``on_snapshot(step, ema_model)`` after the steps in ``snapshot_at`` (after their
+            update and checkpoint: a checkpoint is written at each of these steps, so that a resumed run never
+            needs one again). It must not change the EMA model or draw from the training generator (sampling
+            with its own generator does neither), so that training goes on exactly as without it.
 
     Raises:
         NonFiniteError: the loss at some step, or the weights about to be checkpointed, are NaN or infinite.
@@ -359,6 +365,7 @@ def train(
             state["noise_source"] = noise_source.state_dict()
         atomic_write(ckpt_path, lambda f: torch.save(state, f))
 
+    snapshots = frozenset(int(k) for k in snapshot_at)
     images_dev = images.to(device, torch.float32)
     B = config.batch_size
     shape = (B, *images.shape[1:])
@@ -387,9 +394,8 @@ def train(
             optimizer.step()
             _ema_update(ema, model, ema_decay_at(step, config.ema_decay, config.ema_warmup))
             loss_history.append(value)
-            if ckpt_path is not None and (
-                step == n_steps or (config.checkpoint_every and step % config.checkpoint_every == 0)
-            ):
+            periodic = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
+            if ckpt_path is not None and (step == n_steps or step in snapshots or periodic):
                 save(step)
                 last_ckpt = step
             if step % RELEASE_EVERY == 0:
@@ -398,6 +404,8 @@ def train(
             bar.set_postfix(loss=f"{value:.4f}")
             if callback is not None:
                 callback(step, value, model)
+            if on_snapshot is not None and step in snapshots:
+                on_snapshot(step, ema)
     t_end = time.perf_counter()
     steps_run = n_steps - start
     return TrainResult(

@@ -70,7 +70,7 @@ def test_options_are_generated_from_the_run_options():
     assert o.train_config() == TrainConfig(**{f.name: getattr(o, f.name) for f in dataclasses.fields(TrainConfig)})
     assert o.train_config().noise_kwargs is not o.noise_kwargs
     assert experiment.KEY_NEUTRAL == {"freeze_squeeze": False, "freeze_circuit": False, "quantum_backend": "auto",
-                                     "reference_pool": "test"}
+                                     "reference_pool": "test", "score_at": ""}
 
 
 def test_run_writes_result_and_samples_and_refuses_to_overwrite(tmp_path, capsys):

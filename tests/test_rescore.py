@@ -99,3 +99,60 @@ def test_cli_rescore_exit_status_and_flags(finished, capsys):
     with pytest.raises(SystemExit):
         cli.main(["study", "--force-rescore", "--study", "tiny", "--profile", "ci"])
     assert "--force-rescore needs --rescore" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ scores at intermediate steps (score_at)
+
+
+def _scored_run_options(**overrides):
+    base = dict(dataset="mnist", label=3, n_train=8, n_ref=16, steps=4, n_samples=16, sample_steps=2,
+                checkpoint_every=0, n_qubits=4, device="cpu")
+    return arm_options("se", **{**base, **overrides})
+
+
+def test_score_at_scores_the_model_of_that_step_without_changing_training(tmp_path):
+    plain = experiment.run(_scored_run_options(), tmp_path / "plain", progress=False)
+    scored = experiment.run(_scored_run_options(score_at="2"), tmp_path / "scored", progress=False)
+    assert scored["loss_history"] == plain["loss_history"], "scoring at step 2 changed the training"
+    assert scored["metrics"] == plain["metrics"] and scored["samples"]["sha256"] == plain["samples"]["sha256"]
+    # the model after 2 of 4 steps is the model of a 2-step run: same samples, same metrics
+    short = experiment.run(_scored_run_options(steps=2), tmp_path / "short", progress=False)
+    assert scored["samples_at"]["2"]["sha256"] == short["samples"]["sha256"]
+    assert scored["metrics_at"]["2"] == short["metrics"]
+    assert (tmp_path / "scored" / "samples_step2.npz").exists()
+
+
+def test_score_at_survives_a_resume_and_is_rescored(tmp_path, monkeypatch):
+    from qdiff_lib import train as train_module
+
+    real_train = train_module.train
+
+    def interrupted(*args, **kwargs):  # stop after step 3, once step 2 was scored
+        def stop(step, loss, model):
+            if step == 3:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **{**kwargs, "callback": stop})
+
+    options = _scored_run_options(score_at="2", checkpoint_every=1)
+    monkeypatch.setattr(experiment, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(options, tmp_path / "run", progress=False)
+    monkeypatch.setattr(experiment, "train", real_train)
+    stamp = (tmp_path / "run" / "samples_step2.npz").stat().st_mtime_ns
+    resumed = experiment.run(options, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "samples_step2.npz").stat().st_mtime_ns == stamp, "step 2 was scored again"
+    uninterrupted = experiment.run(options, tmp_path / "again", progress=False)
+    assert resumed["metrics_at"] == uninterrupted["metrics_at"] and resumed["metrics"] == uninterrupted["metrics"]
+
+    summary = {**study._summary(resumed, "cmd"), "metrics_version": 0,
+               "metrics_at": {"2": {"kid": {"mean": 1.0, "se": 1.0}}}}
+    new = rescore.rescore_summary(summary, tmp_path / "run")
+    assert new["metrics_at"] == resumed["metrics_at"] and new["metrics"] == resumed["metrics"]
+
+
+def test_score_at_is_checked_before_training():
+    for bad in ("4", "0", "a,b", "2,9"):
+        with pytest.raises(ValueError, match="score-at"):
+            _scored_run_options(score_at=bad).validate()
+    assert _scored_run_options(score_at="3, 1,3").score_steps() == (1, 3)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from qdiff_lib import REPO_ROOT, cli, data, experiment, numerics, study
+from qdiff_lib import REPO_ROOT, cli, data, experiment, grids, numerics, study
 from qdiff_lib.study import ARMS, PROFILES, STUDIES, arm_options, load_results, run_key, run_one, study_runs
 
 #: Expected number of runs per (study, profile): digits x arms x seeds, cases x arms x seeds, N x arms x seeds, ...
@@ -39,6 +39,10 @@ GRID_SIZES = {
     ("medmnist16", "full"): 5 * 4 * 3,
     ("released16", "ci"): 1 * 2,
     ("released16", "full"): 10 * 2,
+    ("convergence16", "ci"): 3 * 1,
+    ("convergence16", "full"): 3 * 2,
+    ("tuning16", "ci"): 2 * 3 * 1,
+    ("tuning16", "full"): 2 * 3 * 2,
 }
 
 
@@ -62,10 +66,11 @@ def test_grid_sizes(name, profile):
 def test_grids_follow_the_profile_budgets():
     for profile_name, p in PROFILES.items():
         for name in STUDIES:
-            second_edition = name in ("mnist16", "scaling16", "medmnist16", "released16")
+            second_edition = name.endswith("16")
             width = study.PAPER_N_QUBITS if second_edition and profile_name == "full" else p.n_qubits
+            steps = grids.CONVERGENCE_STEPS if (name, profile_name) == ("convergence16", "full") else p.steps
             for o in study_runs(name, profile_name):
-                assert (o.steps, o.n_samples, o.n_qubits, o.sample_steps) == (p.steps, p.n_samples, width,
+                assert (o.steps, o.n_samples, o.n_qubits, o.sample_steps) == (steps, p.n_samples, width,
                                                                                p.sample_steps)
                 assert o.seed in p.seeds
     full = PROFILES["full"]
@@ -93,6 +98,14 @@ def test_second_edition_grids():
     assert {study.arm_of(o) for o in med} == set(study.MEDMNIST16_ARMS)
     released = study_runs("released16", "full")
     assert {study.arm_of(o) for o in released} == set(study.RELEASED16_ARMS) and {o.seed for o in released} == {0}
+    convergence = study_runs("convergence16", "full")
+    assert {o.score_steps() for o in convergence} == {grids.CONVERGENCE_SCORE_AT}
+    mnist16 = {run_key(o) for o in study_runs("mnist16", "full")}
+    for o in convergence:  # the first 2000 steps of a convergence run are the mnist16 run of the same seed
+        prefix = dataclasses.replace(o, steps=study.PROFILES["full"].steps, score_at="")
+        assert run_key(prefix) in mnist16
+    for o in study_runs("tuning16", "full"):  # the default learning rate is mnist16's run, not recomputed
+        assert o.lr != cli.RunOptions().lr and run_key(dataclasses.replace(o, lr=cli.RunOptions().lr)) in mnist16
     first_seed = study_runs("mnist16", "full")[: 10 * len(study.MNIST16_ARMS)]
     assert {o.seed for o in first_seed} == {0} and {o.label for o in first_seed} == set(range(10))
 
@@ -130,7 +143,7 @@ def test_run_key_is_stable_and_separates_every_option():
                    ema_decay=0.99, ema_warmup=False, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3,
                    eta=0.5, seed=1,
                    device="cuda", metrics=True, freeze_squeeze=True, freeze_circuit=True, quantum_backend="mps",
-                   reference_pool="held_out")
+                   reference_pool="held_out", score_at="1")
     assert set(changed) == {f.name for f in dataclasses.fields(cli.RunOptions)}, "a RunOptions field is untested"
     keys = {run_key(dataclasses.replace(o, **{name: value})) for name, value in changed.items()}
     assert len(keys) == len(changed) and run_key(o) not in keys
