@@ -39,7 +39,7 @@ from bench.common import alternate, benchmark_parser, parse_options, save_json
 from qdiff_lib.circuits import _apply_circuit
 from qdiff_lib.quantum import ANSATZE, QuantumLayer, make_qnode, weight_shape
 
-#: Contenders that only ``include`` adds (the other modules and the performance chapter use the original four).
+#: Contenders that only ``include`` adds (``main`` and the memory benchmark add them; ``run`` callers choose).
 OPTIONAL = ("mps", "tensor")
 _PENNYLANE = ("default.qubit broadcast", "lightning.qubit adjoint", "official per-sample loop",
               "default.tensor per row")

@@ -160,3 +160,63 @@ def load_json(name: str, root: str | os.PathLike | None = None) -> dict[str, Any
     """The committed record ``results/bench/<name>.json`` (None when absent)."""
     path = Path(root or RESULTS_DIR) / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a study costs, projected from the committed benchmarks (the performance chapter)
+# --------------------------------------------------------------------------------------------------------------
+
+def step_seconds(training_rows: list[Mapping[str, Any]]) -> dict[Any, float]:
+    """Median seconds of one training step per arm, from the rows of ``python -m bench training``:
+    ``{"none": s, "se": s, n: s for each quantum width n}`` (rows ``none``, ``se (8)``, ``quantum rzry (nq)``)."""
+    out: dict[Any, float] = {}
+    for row in training_rows:
+        name = row["name"]
+        if name == "none":
+            out["none"] = float(row["median_s"])
+        elif name.startswith("se"):
+            out["se"] = float(row["median_s"])
+        elif name.startswith("quantum"):
+            out[int(name.rsplit("(", 1)[1].rstrip("q)"))] = float(row["median_s"])
+    return out
+
+
+def sampling_steps(options: Any) -> int:
+    """Denoising steps per image of a run's sampler: DDPM runs all ``timesteps``; DDIM ``sample_steps`` (default 50,
+    or ``timesteps`` if smaller), as :class:`qdiff_lib.experiment.RunOptions` documents."""
+    if options.sampler == "ddpm":
+        return int(options.timesteps)
+    return int(options.sample_steps or min(50, options.timesteps))
+
+
+def run_cost_s(options: Any, step_s: Mapping[Any, float], sample_s_per_image_step: float,
+               n_qubits: int | None = None) -> float:
+    """Projected single-thread seconds of one run (training and sampling; the metrics are left out).
+
+    Training: ``options.steps`` times the measured step of its arm (:func:`step_seconds`): ``none``; every classical
+    gate (``se``, ``se_frozen``, ``fourier``, ...) priced as ``se``; a quantum arm (any ansatz) as the measured rzry
+    step at ``n_qubits`` (default: the run's own width). Sampling: ``n_samples`` images of :func:`sampling_steps`
+    steps each, at ``sample_s_per_image_step`` (the se arm's measured DDIM step per image) scaled by the arm's step
+    time relative to ``se``.
+    """
+    if options.steps is None:
+        raise ValueError("run_cost_s needs a run with a number of optimiser steps (options.steps is None)")
+    if options.bottleneck == "quantum":
+        width = n_qubits or options.n_qubits
+        if width not in step_s:
+            raise KeyError(f"no measured training step of the quantum arm at {width} qubits; measured: "
+                           f"{sorted(k for k in step_s if isinstance(k, int))}")
+        arm = step_s[width]
+    else:
+        arm = step_s["none" if options.bottleneck == "none" else "se"]
+    sample = options.n_samples * sampling_steps(options) * sample_s_per_image_step * arm / step_s["se"]
+    return options.steps * arm + sample
+
+
+def study_cost(runs: list[Any], step_s: Mapping[Any, float], sample_s_per_image_step: float,
+               n_qubits: int | None = None) -> dict[str, float]:
+    """``{"runs", "quantum_runs", "train_steps", "cpu_hours"}`` of a study's runs (:func:`run_cost_s` summed),
+    the quantum runs priced at ``n_qubits`` (default: each run's own width)."""
+    seconds = sum(run_cost_s(o, step_s, sample_s_per_image_step, n_qubits) for o in runs)
+    return {"runs": len(runs), "quantum_runs": sum(o.bottleneck == "quantum" for o in runs),
+            "train_steps": sum(o.steps for o in runs), "cpu_hours": seconds / 3600}
