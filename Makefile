@@ -66,11 +66,16 @@ book: execute html
 lint: venv
 	$(BIN)/ruff check qdiff_lib bench tests tools
 
+# Tests and chapters run on TEST_WORKERS processes at once (pytest-xdist; one file per process at a time, so a
+# chapter's cells share one kernel). Each keeps OMP_NUM_THREADS torch threads: the stored outputs and the pinned
+# results do not depend on how many processes share the machine.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
 unit: venv
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 nbval: venv
-	cd chapters && $(BIN)/pytest -q -p no:cacheprovider --nbval \
+	cd chapters && $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --nbval \
 	    --nbval-sanitize-with ../tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
 	    $(notdir $(CHAPTERS))
 
