@@ -203,6 +203,8 @@ def test_run_keys_of_committed_files_are_stable():
     for path in _committed_full_runs():
         options = json.loads(path.read_text())["options"]
         assert not set(cli.KEY_NEUTRAL) & set(options) or path.stem == run_key(cli.RunOptions(**options))
+        if any(options.get(k, v) != v for k, v in cli.KEY_NEUTRAL.items()):
+            continue  # a run that uses a newer option (a new arm): its name includes it
         legacy = {k: v for k, v in options.items() if k not in cli.KEY_NEUTRAL}
         assert path.stem == run_key(cli.RunOptions(**legacy)), f"{path.name} would be renamed"
     assert run_key(arm_options("se", quantum_backend="mps")) != run_key(arm_options("se"))
