@@ -21,19 +21,29 @@ from qdiff_lib._checks import check_choice
 from qdiff_lib.stats import holm_adjust, paired_by, paired_comparison, sign_comparison
 
 __all__ = ["compare_arms", "compare_group_means", "equivalence_test", "minimum_detectable_effect", "claim_verdict",
-           "claim_verdicts", "tally", "CLAIM_VERDICTS", "CLAIM_BASES", "ALTERNATIVES"]
+           "claim_verdicts", "tally", "benefit_bound", "CLAIM_VERDICTS", "CLAIM_BASES", "ALTERNATIVES", "MARGIN_TESTS",
+           "PENDING"]
 
-#: The verdicts of :func:`claim_verdict`: the first four before any correction for multiplicity, the last two for a
-#: direction decided at level alpha that Holm's correction over the family of claims does not keep.
+#: The verdicts of :func:`claim_verdict`: the first five before any correction for multiplicity, the next three for a
+#: decision at level alpha that Holm's correction over the family of claims does not keep, and the last for a claim
+#: whose primary comparison has no data yet (given by :mod:`qdiff_lib.claims`, never by :func:`claim_verdict`).
 CLAIM_VERDICTS = (
     "holds",
     "does not hold",
     "equivalent (no effect larger than margin)",
+    "no benefit larger than margin",
     "inconclusive",
     "holds before correction only",
     "does not hold before correction only",
+    "no benefit larger than margin before correction only",
+    "not yet tested — runs pending",
 )
+#: The verdict of a claim whose primary comparison has no data yet (see :mod:`qdiff_lib.claims`).
+PENDING = CLAIM_VERDICTS[-1]
 CLAIM_BASES = ("t", "sign")
+#: What a margin decides in :func:`claim_verdict`: two-sided equivalence (TOST), or only that the claimed benefit
+#: is not larger than the margin (the one of TOST's two one-sided tests that faces the claimed direction).
+MARGIN_TESTS = ("equivalence", "benefit")
 ALTERNATIVES = ("two-sided", "one-sided")
 
 
@@ -287,6 +297,38 @@ def _sd_of(comparison: Mapping) -> float:
     return float((high - low) / 2 * math.sqrt(n) / stats.t.ppf(1 - alpha / 2, n - 1))
 
 
+def benefit_bound(comparison: Mapping, lower_is_better: bool = True) -> float:
+    """The largest benefit of ``a`` over ``b`` that a comparison does not exclude, in the metric's units.
+
+    The one-sided (1 - alpha) Student-t bound of the mean difference ``a - b`` on the better side (the upper bound of
+    ``b - a`` when lower is better), signed so that a positive value is a benefit: the data exclude, at level alpha,
+    every benefit larger than it, and a margin larger than it is what the one-sided test of :func:`claim_verdict`
+    (``margin_test="benefit"``) needs. Negative when even a zero benefit is excluded; NaN with fewer than 2 pairs.
+    """
+    n, alpha = int(comparison.get("n", 0)), comparison.get("alpha", 0.05)
+    sd, mean = _sd_of(comparison), float(comparison.get("mean_diff", np.nan))
+    if n < 2 or not (np.isfinite(sd) and np.isfinite(mean)):
+        return float("nan")
+    half = stats.t.ppf(1 - alpha, n - 1) * sd / math.sqrt(n)
+    return float(-(mean - half)) if lower_is_better else float(mean + half)
+
+
+def _margin_decision(comparison: Mapping, bounds: tuple[float, float], margin_test: str, lower_is_better: bool,
+                     margin_pvalue: float | None) -> str | None:
+    """The label a margin gives to a comparison whose interval contains the null, or None."""
+    alpha = comparison.get("alpha", 0.05)
+    tost = _tost(float(comparison["mean_diff"]), _sd_of(comparison), int(comparison["n"]), *bounds, alpha)
+    if margin_test == "equivalence":
+        p, label = tost["pvalue"], "equivalent (no effect larger than margin)"
+    else:  # the one-sided test against a benefit of at least the margin
+        p, label = (tost["p_low"] if lower_is_better else tost["p_high"]), "no benefit larger than margin"
+    if not (np.isfinite(p) and p < alpha):
+        return None
+    if margin_pvalue is not None and not margin_pvalue < alpha:
+        return f"{label} before correction only" if margin_test == "benefit" else None
+    return label
+
+
 def claim_verdict(
     comparison: Mapping | None,
     *,
@@ -294,6 +336,8 @@ def claim_verdict(
     basis: Literal["t", "sign"] = "t",
     margin: float | Sequence[float] | None = None,
     holm_pvalue: float | None = None,
+    margin_test: Literal["equivalence", "benefit"] = "equivalence",
+    margin_pvalue: float | None = None,
 ) -> str:
     """The verdict on a claim "``a`` is better than ``b``" from its primary comparison (one of :data:`CLAIM_VERDICTS`).
 
@@ -307,13 +351,18 @@ def claim_verdict(
     2. for a claim in a family, ``holm_pvalue`` is its Holm-adjusted p-value (:func:`claim_verdicts` computes it): a
        direction that does not survive (adjusted p >= alpha) reads ``"holds before correction only"`` or
        ``"does not hold before correction only"``;
-    3. an interval that contains the null is ``"equivalent (no effect larger than margin)"`` when a ``margin`` (fixed
-       in advance, in the metric's units; ``basis="t"`` only) is given and the TOST of :func:`equivalence_test` on
-       the same differences rejects both one-sided nulls at level alpha (not corrected for multiplicity), and
-       ``"inconclusive"`` otherwise;
+    3. an interval that contains the null, with a ``margin`` (fixed in advance, in the metric's units; ``basis="t"``
+       only), is tested against it with the TOST of :func:`equivalence_test` on the same differences:
+       ``margin_test="equivalence"`` reads ``"equivalent (no effect larger than margin)"`` when both one-sided nulls
+       are rejected at level alpha; ``margin_test="benefit"`` reads ``"no benefit larger than margin"`` when the
+       one-sided null facing the claimed direction (a benefit of at least the margin) is rejected, which is what a
+       claim that ``a`` *helps* needs refuted. ``margin_pvalue``, the deciding test's p-value adjusted for the family
+       (see :mod:`qdiff_lib.claims`), must then be below alpha too; a benefit excluded only before the correction
+       reads ``"no benefit larger than margin before correction only"``. Otherwise ``"inconclusive"``;
     4. no comparison, fewer than 2 pairs or an undefined interval: ``"inconclusive"``.
     """
     check_choice("basis", basis, CLAIM_BASES)
+    check_choice("margin_test", margin_test, MARGIN_TESTS)
     if margin is not None and basis != "t":
         raise ValueError("claim_verdict: a margin is in the metric's units and needs basis='t'")
     bounds = _margin_bounds(margin) if margin is not None else None
@@ -333,9 +382,7 @@ def claim_verdict(
             return f"{label} before correction only"
         return label
     if bounds is not None:
-        tost = _tost(float(comparison["mean_diff"]), _sd_of(comparison), int(comparison["n"]), *bounds, alpha)
-        if tost["equivalent"]:
-            return "equivalent (no effect larger than margin)"
+        return _margin_decision(comparison, bounds, margin_test, lower_is_better, margin_pvalue) or "inconclusive"
     return "inconclusive"
 
 

@@ -65,3 +65,23 @@ def test_chapter_is_stored_executed_with_parameters(path):
 def test_no_cuda_packages_without_gpu():
     found = nvidia_packages()
     assert has_gpu() or not found, f"CUDA packages installed on a machine without a GPU: {found}"
+
+
+#: The heaviest image a stored chapter may hold (issue 21: light pages).
+MAX_IMAGE_KB = 300
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS)
+def test_stored_images_are_light(path):
+    import base64
+
+    nb = json.loads((ROOT / path).read_text())
+    heavy = []
+    for i, cell in enumerate(nb["cells"]):
+        for output in cell.get("outputs", []):
+            for mime, value in output.get("data", {}).items():
+                if mime.endswith(("image/png", "image/jpeg")):
+                    size = len(base64.b64decode("".join(value) if isinstance(value, list) else value)) / 1024
+                    if size > MAX_IMAGE_KB:
+                        heavy.append(f"cell {i}: {mime} of {size:.0f} KB")
+    assert not heavy, f"images over {MAX_IMAGE_KB} KB (lower the figure's dpi or size): {heavy}"

@@ -10,9 +10,20 @@ import pytest
 from scipy import stats as sps
 from test_stats import _runs  # tests/ is on sys.path (pytest)
 
+from qdiff_lib.claims import (
+    CLAIMS,
+    NOISE_MARGIN_KID,
+    QUANTUM_INGREDIENT_CONTROLS,
+    Comparison,
+    component_table,
+    evaluate_claims,
+)
+from qdiff_lib.paired_tables import DIRECTIONS, comparison_table, comparisons_by_level, direction
 from qdiff_lib.stats import VERDICTS, holm_adjust, paired_comparison, sign_comparison, verdict
 from qdiff_lib.verdicts import (
     CLAIM_VERDICTS,
+    PENDING,
+    benefit_bound,
     claim_verdict,
     claim_verdicts,
     compare_arms,
@@ -166,7 +177,10 @@ def test_holm_moves_borderline_claims_to_the_corrected_labels():
     assert mde == pytest.approx(minimum_detectable_effect(sd=1.0, n=8))
     assert tally(table) == {"holds": 1, "does not hold": 0, "equivalent (no effect larger than margin)": 0,
                             "inconclusive": 2, "holds before correction only": 1,
-                            "does not hold before correction only": 1}
+                            "does not hold before correction only": 1,
+                            "no benefit larger than margin": 0,
+                            "no benefit larger than margin before correction only": 0,
+                            "not yet tested — runs pending": 0}
     # per-claim settings: a margin for one claim, the sign basis for another
     table = claim_verdicts(comparisons, margin={"null": 5.0}, basis={"clear": "sign"})
     assert table.loc["null", "verdict"] == "equivalent (no effect larger than margin)"
@@ -247,3 +261,175 @@ def test_tally():
         tally(["holds", "maybe"])
     with pytest.raises(ValueError, match="no 'verdict' column"):
         tally(pd.DataFrame({"v": verdicts}))
+
+
+# The benefit-side margin test, the paired tables of the chapters and the claims of the results chapter
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _pairs(differences, factor: str, a: str, b: str, key: str = "label", **extra) -> pd.DataFrame:
+    """Runs of ``a`` and ``b`` whose i-th pair, (``key`` i // 3, seed i % 3), differs by ``differences[i]``."""
+    rows = []
+    for i, d in enumerate(np.asarray(differences, dtype=float)):
+        base = 1000.0 + 10.0 * i
+        for level, value in ((b, base), (a, base + d)):
+            rows.append({key: i // 3, "seed": i % 3, factor: level, "kid": value, "kid_se": 5.0, **extra})
+    return pd.DataFrame(rows)
+
+
+def test_benefit_margin_and_bound():
+    # mean 0, sd 1, 8 pairs: a benefit of 2 is excluded, equivalence within 2 too; within 0.5 neither
+    c = paired_comparison(_standardised(8), np.zeros(8), n_boot=200)
+    bound = benefit_bound(c)
+    assert bound == pytest.approx(sps.t.ppf(0.95, 7) / math.sqrt(8))  # -(mean - t sd / sqrt n)
+    assert claim_verdict(c, margin=2.0, margin_test="benefit") == "no benefit larger than margin"
+    assert claim_verdict(c, margin=0.9 * bound, margin_test="benefit") == "inconclusive"
+    assert claim_verdict(c, margin=1.1 * bound, margin_test="benefit") == "no benefit larger than margin"
+    # a difference on the worse side excludes a benefit although it cannot show equivalence
+    worse = paired_comparison(0.5 + 2 * _standardised(8), np.zeros(8), n_boot=200)
+    assert worse["ci_low"] < 0 < worse["ci_high"]
+    assert claim_verdict(worse, margin=1.0) == "inconclusive"  # TOST: a harm of 1 is not excluded
+    assert claim_verdict(worse, margin=1.0, margin_test="benefit") == "no benefit larger than margin"
+    assert claim_verdict(worse, margin=1.0, margin_test="benefit", margin_pvalue=0.2) == (
+        "no benefit larger than margin before correction only")
+    assert benefit_bound(worse) < 1.0
+    with pytest.raises(ValueError, match="margin_test"):
+        claim_verdict(c, margin=1.0, margin_test="both")
+
+
+def test_comparison_table_matches_compare_arms_with_holm():
+    frame = pd.concat([_pairs([-3.0, -2.5, -3.5, -2.0, -3.2, -2.8], "arm", "q", "se"),
+                       _pairs([0.3, -0.2, 0.1, -0.4, 0.2, 0.0], "arm", "x", "se").query("arm == 'x'")])
+    table = comparison_table(frame, [("q", "se"), ("x", "se"), ("q", "missing")], count="label", n_boot=200)
+    assert list(table.index) == ["q - se", "x - se"]  # a comparison with an absent arm is left out
+    c = compare_arms(frame, "q", "se", n_boot=200)
+    assert table.loc["q - se", "mean diff"] == pytest.approx(c["mean_diff"])
+    assert (table.loc["q - se", "ci_low"], table.loc["q - se", "ci_high"]) == pytest.approx((c["ci_low"], c["ci_high"]))
+    assert table.loc["q - se", "pairs"] == 6 and table.loc["q - se", "labels"] == 2
+    assert table.loc["q - se", "proposed lower"] == "6 of 6"
+    np.testing.assert_allclose(table["Holm p"], holm_adjust(table["t p"].to_numpy()))
+    assert table.loc["q - se", "direction"] == DIRECTIONS["holds"]
+    assert table.loc["x - se", "direction"] == DIRECTIONS["inconclusive at this power"]
+    assert direction(None) == "no interval (fewer than 2 pairs)"
+
+
+def test_comparisons_by_level_with_one_seed_fallback():
+    rows = []
+    for n, diffs in ((10, [-5.0, -6.0, -4.0]), (100, [-1.0])):  # N = 100 has one seed
+        for s, d in enumerate(diffs):
+            rows += [{"n_train": n, "seed": s, "arm": "se", "kid": 100.0, "kid_se": 3.0},
+                     {"n_train": n, "seed": s, "arm": "q", "kid": 100.0 + d, "kid_se": 4.0}]
+    d = comparisons_by_level(pd.DataFrame(rows), "n_train", "q", ["se", "none"], n_boot=200)
+    assert list(d["n_train"]) == [10, 100] and list(d["pairs"]) == [3, 1]
+    assert d.loc[0, "interval"] == "paired t over seeds" and bool(d.loc[0, "excludes 0"])
+    assert d.loc[1, "diff"] == pytest.approx(-1.0)
+    assert (d.loc[1, "ci_low"], d.loc[1, "ci_high"]) == pytest.approx((-1 - 1.96 * 5.0, -1 + 1.96 * 5.0))
+    assert d.loc[1, "interval"] == "one seed, sampling SE only" and not d.loc[1, "excludes 0"]
+    assert math.isnan(d.loc[1, "t p"])
+
+
+def test_claims_family_is_pinned():
+    assert [c.key for c in CLAIMS] == ["quantum_better_mnist", "quantum_better_medmnist", "quantum_noise_helps",
+                                       "tailored_schedule_helps", "circuit_trains", "quantum_ingredient",
+                                       "advantage_below_100"]
+    by = {c.key: c for c in CLAIMS}
+    assert NOISE_MARGIN_KID == 35.0
+    assert by["quantum_better_mnist"].comparisons == (Comparison("mnist", "quantum_rzry", "se"),)
+    assert by["quantum_better_mnist"].group == "label"
+    assert by["quantum_better_medmnist"].comparisons == (
+        Comparison("medmnist", "quantum_rzry", "se", pair_on=("dataset", "label", "seed")),)
+    assert by["quantum_better_medmnist"].basis == "sign"
+    assert by["quantum_noise_helps"].comparisons == (
+        Comparison("noise_schedules", "quantum", "gaussian", factor="noise", pair_on=("schedule", "seed")),)
+    assert by["tailored_schedule_helps"].comparisons == (
+        Comparison("noise_schedules", "tailored", "cosine", factor="schedule", pair_on=("noise", "seed")),)
+    assert by["quantum_noise_helps"].margin == by["tailored_schedule_helps"].margin == NOISE_MARGIN_KID
+    assert by["circuit_trains"].exact == "paper_circuit_has_weight_gradient" and not by["circuit_trains"].comparisons
+    assert QUANTUM_INGREDIENT_CONTROLS == ("se_cos", "quantum_rzry_frozen", "quantum_rzry_separable", "fourier")
+    assert by["quantum_ingredient"].comparisons == tuple(
+        Comparison("mnist16", "quantum_rzry", c) for c in QUANTUM_INGREDIENT_CONTROLS)
+    assert by["advantage_below_100"].comparisons == (
+        Comparison("scaling", "quantum_rzry", "se", pair_on=("n_train", "seed"), min_n_train=100),)
+    assert by["advantage_below_100"].lower_is_better is False
+    assert all(c.margin is None for c in CLAIMS if c.key not in ("quantum_noise_helps", "tailored_schedule_helps"))
+
+
+def _claim_frames(mnist_p: float = 1e-6) -> dict:
+    """Constructed results of every study but mnist16, with known verdicts (see test_evaluate_claims...)."""
+    mnist = _pairs(_with_pvalue(mnist_p, n=30), "arm", "quantum_rzry", "se")  # 10 digits x 3 seeds
+    med = _pairs([-1.0, 1.0] * 6, "arm", "quantum_rzry", "se", dataset="pathmnist")  # 6 of 12 lower
+    quantum, tailored = 0.5 * _standardised(6).reshape(2, 3), 150 * _standardised(3, seed=1) - 20
+    noise = pd.DataFrame([  # quantum - gaussian: 0.5 z (sd 0.5); tailored - cosine: about 150 z' - 20
+        {"schedule": sched, "noise": nz, "seed": s, "kid": 1000.0 + 10 * s + (nz == "quantum") * quantum[i, s]
+         + (sched == "tailored") * tailored[s]}
+        for i, sched in enumerate(("cosine", "tailored")) for nz in ("gaussian", "quantum") for s in range(3)])
+    scaling = pd.concat([
+        _pairs(np.full(6, 5.0) + _standardised(6), "arm", "quantum_rzry", "se", key="n_train").assign(n_train=10),
+        _pairs(np.full(9, -50.0) + _standardised(9), "arm", "quantum_rzry", "se", key="n_train").assign(
+            n_train=lambda f: 100 * (1 + f["n_train"]))])  # 100, 200, 300: the circuit better there
+    return {"mnist": mnist, "medmnist": med, "noise_schedules": noise, "scaling": scaling}
+
+
+def test_evaluate_claims_on_known_answers_and_pending_row_fills_in():
+    frames = _claim_frames()
+    table = evaluate_claims(frames, {"paper_circuit_has_weight_gradient": False}, n_boot=200)
+    assert list(table.index) == [c.key for c in CLAIMS]
+    assert table["verdict"].to_dict() == {
+        "quantum_better_mnist": "holds",
+        "quantum_better_medmnist": "inconclusive",  # share 1/2
+        "quantum_noise_helps": "no benefit larger than margin",  # mean 0, sd 0.5: far inside 35
+        "tailored_schedule_helps": "inconclusive",  # sd ~150 over 6 pairs: neither direction nor margin decided
+        "circuit_trains": "does not hold",  # the exact check
+        "quantum_ingredient": "not yet tested — runs pending",  # no mnist16 runs: computed from their absence
+        "advantage_below_100": "does not hold",  # the circuit is better at N >= 100
+    }
+    assert table.loc["quantum_better_mnist", "group verdict"] == "holds"
+    assert table.loc["quantum_better_mnist", "group means"].endswith("10 means")
+    assert table.loc["advantage_below_100", "n"] == 9  # N = 10 left out
+    assert table.loc["quantum_ingredient", "n"] == 0 and math.isnan(table.loc["quantum_ingredient", "p_holm"])
+    # Holm over every test made: 5 direction tests and 2 margin tests
+    tested = table["p"].notna().sum() + table["margin_p"].notna().sum()
+    assert tested == 7
+    ps = list(table["p"].dropna()) + list(table["margin_p"].dropna())
+    assert sorted(list(table["p_holm"].dropna()) + list(table["margin_p_holm"].dropna())) == pytest.approx(
+        sorted(holm_adjust(ps)))
+    assert table.loc["quantum_noise_helps", "benefit not excluded"] < NOISE_MARGIN_KID
+    counts = tally(table)
+    assert sum(counts.values()) == len(CLAIMS) and counts["not yet tested — runs pending"] == 1
+    # the mnist16 runs arrive: the row fills itself in
+    controls = {"se_cos": -80.0, "quantum_rzry_frozen": -60.0, "quantum_rzry_separable": -70.0, "fourier": -90.0}
+    rz = pd.Series(1000.0 + 10.0 * np.arange(30), pd.MultiIndex.from_tuples([(i // 3, i % 3) for i in range(30)],
+                                                                             names=["label", "seed"]), name="kid")
+    rows = [rz.reset_index().assign(arm="quantum_rzry")]
+    for i, (b, d) in enumerate(controls.items()):  # quantum_rzry - control = d + 10 z_i
+        rows.append((rz - (d + 10 * _standardised(30, seed=i))).reset_index().assign(arm=b))
+    frames["mnist16"] = pd.concat(rows, ignore_index=True)
+    filled = evaluate_claims(frames, {"paper_circuit_has_weight_gradient": False}, n_boot=200)
+    assert filled.loc["quantum_ingredient", "verdict"] == "holds"
+    assert filled.loc["quantum_ingredient", "primary comparison"].startswith(
+        "deciding: quantum_rzry - quantum_rzry_frozen")  # the weakest link: the smallest gain
+    assert filled.loc["quantum_ingredient", "n"] == 30
+    comps = component_table(frames, CLAIMS[5], n_boot=200)
+    assert list(comps["verdict"]) == ["holds"] * 4 and list(comps["n"]) == [30] * 4
+    # one control that matches the circuit: the claim is no longer supported
+    frames["mnist16"].loc[frames["mnist16"].arm == "fourier", "kid"] = rz.to_numpy() + _standardised(30, seed=9)
+    assert evaluate_claims(frames, n_boot=200).loc["quantum_ingredient", "verdict"] == "inconclusive"
+    # a study computed in stages: every arm of the first nine digits is not enough to decide
+    staged = evaluate_claims({**frames, "mnist16": frames["mnist16"][frames["mnist16"].label < 9]}, n_boot=200)
+    assert staged.loc["quantum_ingredient", "verdict"] == PENDING
+    assert staged.loc["quantum_ingredient", "estimate [95% CI]"].startswith("9 of the 10 label values")
+    # half the runs: still pending for a missing arm
+    frames["mnist16"] = frames["mnist16"][frames["mnist16"].arm != "se_cos"]
+    assert evaluate_claims(frames, n_boot=200).loc["quantum_ingredient", "verdict"] == PENDING
+
+
+def test_evaluate_claims_labels_a_claim_that_fails_holm():
+    # MNIST's interval excludes 0 at p = 0.03, but with the scaling claim (p small) and the two margin tests in the
+    # family Holm multiplies it: it must read "holds before correction only", never "holds"
+    table = evaluate_claims(_claim_frames(mnist_p=0.03), n_boot=200)
+    row = table.loc["quantum_better_mnist"]
+    assert row["p"] == pytest.approx(0.03) and row["ci_high"] < 0
+    assert row["p_holm"] >= 0.05
+    assert row["verdict"] == "holds before correction only"
+    assert table.loc["circuit_trains", "verdict"] == PENDING  # no exact check passed
+    assert tally(table)["holds"] == 0
