@@ -66,16 +66,17 @@ book: execute html
 lint: venv
 	$(BIN)/ruff check qdiff_lib bench tests tools
 
-# Tests and chapters run on TEST_WORKERS processes at once (pytest-xdist; one file per process at a time, so a
-# chapter's cells share one kernel). Each keeps OMP_NUM_THREADS torch threads: the stored outputs and the pinned
-# results do not depend on how many processes share the machine.
+# The unit tests run on TEST_WORKERS processes at once (pytest-xdist, one test file per process at a time); each keeps
+# OMP_NUM_THREADS torch threads, so no pinned result depends on how many processes share the machine. The chapters
+# run one at a time: each kernel already uses OMP_NUM_THREADS threads (the count their stored outputs were computed
+# with), and two at once on two cores took 17.7 min against about 10 one by one.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 unit: venv
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 nbval: venv
-	cd chapters && $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --nbval \
+	cd chapters && $(BIN)/pytest -q -p no:cacheprovider --nbval \
 	    --nbval-sanitize-with ../tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
 	    $(notdir $(CHAPTERS))
 
