@@ -76,6 +76,7 @@ __all__ = [
     "provenance",
     "samples_sha256",
     "samples_record",
+    "metrics_version",
     "prepare",
     "run",
     "add_run_arguments",
@@ -432,7 +433,8 @@ def samples_record(samples: np.ndarray) -> dict[str, Any]:
     return {"file": SAMPLES_NAME, "shape": list(samples.shape), "dtype": "float32", "sha256": samples_sha256(samples)}
 
 
-def _metrics_version() -> int:
+def metrics_version() -> int:
+    """The current :data:`qdiff_lib.metrics.METRICS_VERSION` (imported late: the metrics are heavy to import)."""
     from qdiff_lib.metrics import METRICS_VERSION
 
     return METRICS_VERSION
@@ -533,7 +535,7 @@ class PreparedRun:
             },
             "loss_history": summary.pop("loss_history"),
             "metrics": metrics,
-            "metrics_version": _metrics_version() if options.metrics else None,
+            "metrics_version": metrics_version() if options.metrics else None,
             "samples": samples_record(array),
             **({"metrics_at": scored["metrics_at"], "samples_at": scored["samples_at"]} if options.score_at else {}),
             "train": summary,

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from qdiff_lib import REPO_ROOT, data
 from qdiff_lib._io import atomic_write
-from qdiff_lib.experiment import RESULT_NAME, SAMPLES_NAME, RunOptions, provenance, samples_sha256
-from qdiff_lib.study import STUDIES, parse_filters, results_dir, run_key, select, study_runs
+from qdiff_lib.experiment import RESULT_NAME, SAMPLES_NAME, RunOptions, metrics_version, provenance, samples_sha256
+from qdiff_lib.study import STUDIES, filters_of, results_dir, run_key, select, study_runs
 
 __all__ = ["SamplesUnavailable", "RescoreReport", "load_samples", "needs_rescore", "rescore_summary",
            "rescore_study", "main"]
@@ -41,12 +41,6 @@ __all__ = ["SamplesUnavailable", "RescoreReport", "load_samples", "needs_rescore
 
 class SamplesUnavailable(RuntimeError):
     """A run's samples cannot be used: missing, unrecorded, or not the samples its summary describes."""
-
-
-def _metrics_version() -> int:
-    from qdiff_lib.metrics import METRICS_VERSION
-
-    return METRICS_VERSION
 
 
 def load_samples(run_dir: str | os.PathLike, record: dict[str, Any] | None) -> np.ndarray:
@@ -80,7 +74,7 @@ def needs_rescore(summary: dict[str, Any], force: bool = False) -> bool:
     Runs computed without metrics (``options.metrics`` false) are never rescored."""
     if not summary["options"].get("metrics", True):
         return False
-    return force or (summary.get("metrics_version") or 0) < _metrics_version()
+    return force or (summary.get("metrics_version") or 0) < metrics_version()
 
 
 def rescore_summary(summary: dict[str, Any], run_dir: str | os.PathLike, device: str | torch.device = "cpu",
@@ -105,7 +99,7 @@ def rescore_summary(summary: dict[str, Any], run_dir: str | os.PathLike, device:
         **summary,
         "metrics": metrics,
         **({"metrics_at": intermediate} if intermediate else {}),
-        "metrics_version": _metrics_version(),
+        "metrics_version": metrics_version(),
         "n_reference": len(reference),
         "rescored": {**provenance(), "previous_metrics_version": summary.get("metrics_version"),
                      "metrics_s": time.perf_counter() - t0, "command": command},
@@ -161,12 +155,7 @@ def rescore_study(study: str, profile_name: str = "full", root: str | os.PathLik
 
 def main(args, parser=None) -> int:
     """``python -m qdiff_lib study --rescore``: rescore each requested study; 1 if a run could not be rescored."""
-    try:
-        filters = parse_filters(args.filters)
-    except ValueError as error:
-        if parser is None:
-            raise
-        parser.error(str(error))
+    filters = filters_of(args, parser)
     command = "python -m qdiff_lib " + " ".join(sys.argv[1:])
     failed = 0
     for name in args.studies or list(STUDIES):

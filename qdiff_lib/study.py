@@ -83,6 +83,9 @@ __all__ = [
     "run_one",
     "run_study",
     "StudyFailed",
+    "parse_filters",
+    "filters_of",
+    "select",
     "encode_preview",
     "decode_preview",
     "load_previews",
@@ -214,6 +217,16 @@ def parse_filters(items: Iterable[str] | None) -> dict[str, Any]:
         except ValueError:
             out[key] = value
     return out
+
+
+def filters_of(args, parser=None) -> dict[str, Any]:
+    """:func:`parse_filters` of the command line's ``--filter`` values; a bad one is a usage error of ``parser``."""
+    try:
+        return parse_filters(args.filters)
+    except ValueError as error:
+        if parser is None:
+            raise
+        parser.error(str(error))
 
 
 def select(runs: list, filters: dict[str, Any]) -> list:
@@ -355,12 +368,7 @@ def main(args, parser=None) -> int:
     studies = args.studies or list(STUDIES)
     if args.limit is not None and args.limit < 0:
         (parser.error if parser else SystemExit)(f"--limit must be >= 0, got {args.limit}")
-    try:
-        filters = parse_filters(args.filters)
-    except ValueError as error:
-        if parser is None:
-            raise
-        parser.error(str(error))
+    filters = filters_of(args, parser)
     remaining = args.limit
     workers = args.workers or default_workers()
     failed = 0
