@@ -1,7 +1,10 @@
 """Tests of qdiff_lib.metrics.calibration and the speckle metric: KID against torchmetrics on the same features, the
 normalised score on constructed cases, monotone degradation curves in MNIST classifier features (the cached
-classifier; small samples), the speckle metric on real digits, and the paper's protocol."""
+classifier; small samples), the speckle metric on real digits, and the paper's protocol (qdiff_lib.metrics.protocol:
+its SSIM against a window-by-window computation, its determinism, its reduction to paper_fid on the same draws, its
+small-sample floor, the rankings it gives)."""
 
+import dataclasses
 import json
 import warnings
 
@@ -153,3 +156,146 @@ def test_paper_fid_spread_over_redraws_of_13_images(clf, digits):
     assert r == calibration.paper_fid(threes[:100], threes[100:], clf.feature, draws=10, seed=0, ssim_reference=eights)
     with pytest.raises(ValueError, match="n must be in 2..100"):
         calibration.paper_fid(threes[:100], threes[100:], clf.feature, n=101)
+    with pytest.raises(ValueError, match="ssim_reference must be None"):
+        calibration.paper_fid(threes[:100], threes[100:], clf.feature, n_reference=13, ssim_reference=eights)
+
+
+# ------------------------------------------------------------------ the paper's protocol (metrics version 3)
+
+
+def _ssim_window_by_window(x: np.ndarray, y: np.ndarray, w: int = 7) -> float:
+    """scikit-image's default SSIM written out window by window (8-bit images (H, W), data range 255)."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    out = []
+    for i in range(x.shape[0] - w + 1):
+        for j in range(x.shape[1] - w + 1):
+            a, b = x[i : i + w, j : j + w].ravel(), y[i : i + w, j : j + w].ravel()
+            cov = np.cov(a, b)  # sample (co)variances, 1 / (w^2 - 1)
+            out.append((2 * a.mean() * b.mean() + c1) * (2 * cov[0, 1] + c2)
+                       / ((a.mean() ** 2 + b.mean() ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2)))
+    return float(np.mean(out))
+
+
+def test_paper_ssim_is_scikit_image_default_ssim_on_8_bit_images(digits):
+    threes, eights = digits
+    a, b = threes[:3], eights[:3]
+    got = metrics.paper_ssim(a, b)
+    to8 = lambda t: ((t[0].double() + 1) * 127.5).round().numpy()  # noqa: E731
+    expected = [_ssim_window_by_window(to8(x), to8(y)) for x, y in zip(a, b, strict=True)]
+    assert got.tolist() == pytest.approx(expected, rel=1e-10)
+    assert metrics.paper_ssim(a, a).tolist() == pytest.approx([1.0] * 3)
+    assert metrics.paper_ssim(b, a).tolist() == pytest.approx(got.tolist(), rel=1e-12)
+    # colour: the mean over channels (scikit-image's channel_axis)
+    rgb_a, rgb_b = torch.cat([a, b, a], 1), torch.cat([b, b, a], 1)
+    per_channel = [metrics.paper_ssim(rgb_a[:, c : c + 1], rgb_b[:, c : c + 1]) for c in range(3)]
+    assert metrics.paper_ssim(rgb_a, rgb_b).tolist() == pytest.approx(torch.stack(per_channel).mean(0).tolist())
+
+
+def test_paper_protocol_is_seeded_and_reduces_to_paper_fid_on_the_same_draws(clf, digits):
+    threes, eights = digits
+    samples, reference, pool = threes[:60], threes[60:], torch.cat([eights[:50], threes[150:]])
+    r = metrics.paper_protocol(samples, reference, clf.feature, "mnist", seed=3, draws=8, pool=pool)
+    assert r == metrics.paper_protocol(samples, reference, clf.feature, "mnist", seed=3, draws=8, pool=pool)
+    assert r != metrics.paper_protocol(samples, reference, clf.feature, "mnist", seed=4, draws=8, pool=pool)
+    assert r["n"] == metrics.PAPER_N == 13 and r["draws"] == 8
+    # the all-digits table: paper_fid against the whole reference; the main table: against n drawn real images
+    own = metrics.paper_fid(samples, reference, clf.feature, n=13, draws=8, seed=3)
+    assert r["class"]["fid"] == own["fid"] and r["class"]["ssim"] == own["ssim"]
+    assert r["class"]["n_reference"] == len(reference)
+    anyc = metrics.paper_fid(samples, pool, clf.feature, n=13, draws=8, seed=3, n_reference=13)
+    assert r["any_class"]["fid"] == anyc["fid"] and r["any_class"]["n_reference"] == 13
+    assert r["any_class"]["pool"] == len(pool)
+    # ... and paper_fid is the FID and SSIM of the draws it makes: the first two redraws recomputed by hand
+    f_gen, f_pool = metrics.extract_features(samples, clf.feature), metrics.extract_features(pool, clf.feature)
+    g = torch.Generator().manual_seed(3)
+    for d in range(2):
+        si, ri = torch.randperm(len(samples), generator=g)[:13], torch.randperm(len(pool), generator=g)[:13]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fid = metrics.fid_from_features(f_gen[si], f_pool[ri])
+        assert r["any_class"]["fid"]["values"][d] == pytest.approx(fid, rel=1e-5)  # values keep six digits
+        ssim = float(metrics.paper_ssim(samples[si], pool[ri]).mean())
+        assert r["any_class"]["ssim"]["values"][d] == pytest.approx(ssim, rel=1e-5)
+    json.dumps(r, allow_nan=False)
+    # the default pool: held-out images of every class, drawn with the seed
+    r0 = metrics.paper_protocol(samples, reference, clf.feature, "mnist", seed=3, draws=2)
+    assert r0["any_class"]["pool"] == metrics.PAPER_POOL
+
+
+def test_paper_protocol_on_identical_pools_sits_at_the_small_sample_floor(clf, digits):
+    threes, eights = digits
+    same = metrics.paper_protocol(threes, threes, clf.feature, "mnist", draws=20, pool=threes)
+    wrong = metrics.paper_protocol(eights, threes, clf.feature, "mnist", draws=20, pool=threes)
+    (floor,) = metrics.small_sample_bias(threes, clf.feature, sizes=[13], n_draws=20, seed=0)
+    # 13 against 13 images of one pool: FID is the small-sample floor of two real sets of 13, far above 0 ...
+    s = same["any_class"]["fid"]
+    assert abs(s["mean"] - floor["fid_mean"]) < 3 * np.hypot(s["std"], floor["fid_std"]) / np.sqrt(20)
+    assert s["q05"] > 0.2 * s["mean"] > 0
+    # ... and far below images of another class, in both variants
+    for v in ("any_class", "class"):
+        assert same[v]["fid"]["q95"] < 0.3 * wrong[v]["fid"]["q05"], v
+    # against the whole pool the floor is lower (one side has 200 images), still above 0
+    assert 0 < same["class"]["fid"]["mean"] < s["mean"]
+
+
+def test_evaluate_has_the_paper_protocol_and_the_version_is_3(clf, digits):
+    threes, eights = digits
+    train = data.load_images("mnist", "train", 3, n=30, seed=0)
+    out = metrics.evaluate(threes[:40], "mnist", 3, train, reference=threes[40:], n_subsets=5, classifier=clf,
+                           paper_draws=5, paper_pool=eights)
+    assert metrics.METRICS_VERSION == 3
+    expected = metrics.paper_protocol(threes[:40], threes[40:], clf.feature, "mnist", seed=0, draws=5, pool=eights)
+    assert out["paper_protocol"] == expected
+    json.dumps(out, allow_nan=False)
+
+
+def test_win_probability_and_protocol_ranking_on_constructed_redraws():
+    assert metrics.win_probability([1, 2], [3, 4]) == 1.0 and metrics.win_probability([3, 4], [1, 2]) == 0.0
+    assert metrics.win_probability([1, 3], [2, 3]) == 0.625  # (1<2, 1<3, 3=3 half, 3>2) / 4
+    rng = np.random.default_rng(0)
+
+    def run(fid_centre, fid_sd, kid, kid_se):
+        fids = (fid_centre + fid_sd * rng.standard_normal(100)).tolist()
+        entry = {"fid": {"values": fids, "mean": float(np.mean(fids)), "std": float(np.std(fids, ddof=1)),
+                         "q05": float(np.quantile(fids, 0.05)), "q95": float(np.quantile(fids, 0.95))}}
+        return {"kid": {"mean": kid, "se": kid_se}, "paper_protocol": {"any_class": entry}}
+
+    # separated: the protocol decides every pair, in KID's order; one run reproduces KID's ranking
+    sep = metrics.protocol_ranking({"a": run(100, 1, 10, 1), "b": run(200, 1, 20, 1), "c": run(300, 1, 30, 1)})
+    assert all(p["protocol_decided"] and p["kid_decided"] and p["agree"] for p in sep["pairs"])
+    assert sep["p_same_ranking"] == 1.0 and sep["kendall_tau_means"] == 1.0 == sep["mean_kendall_tau"]
+    assert [r["rank_protocol"] for r in sep["arms"]] == [1.0, 2.0, 3.0] == [r["rank_kid"] for r in sep["arms"]]
+    # the protocol's spread swamps the differences: KID decides, the protocol is near a coin flip
+    noisy = metrics.protocol_ranking({"a": run(100, 80, 10, 1), "b": run(105, 80, 20, 1),
+                                          "c": run(110, 80, 30, 1)}, seed=1)
+    assert all(p["kid_decided"] and not p["protocol_decided"] and 0.3 < p["p_protocol"] < 0.7
+               for p in noisy["pairs"])
+    assert noisy["p_same_ranking"] < 0.4 and abs(noisy["mean_kendall_tau"]) < 0.4
+    # reversed order: the protocol's likelier order disagrees with KID's
+    rev = metrics.protocol_ranking({"a": run(300, 1, 10, 1), "b": run(100, 1, 20, 1)})
+    assert rev["pairs"][0]["agree"] is False and rev["kendall_tau_means"] == -1.0
+    with pytest.raises(ValueError, match="at least 2 arms"):
+        metrics.protocol_ranking({"a": run(1, 1, 1, 1)})
+
+
+def test_protocol_groups_and_table_gather_runs_by_dataset_label_and_seed():
+    from qdiff_lib.study import arm_of, arm_options
+
+    def entry(x):
+        s = {"mean": x, "std": 1.0, "q05": x - 2, "q95": x + 2, "values": [x]}
+        return {"any_class": {"fid": s, "ssim": s}, "class": {"fid": s, "ssim": s}}
+
+    def summary(arm, label, x, version=3):
+        o = arm_options(arm, dataset="mnist", label=label, seed=0)
+        m = {"kid": {"mean": x, "se": 1.0}, **({"paper_protocol": entry(x)} if version >= 3 else {})}
+        return {"options": dataclasses.asdict(o), "metrics": m}
+
+    groups = metrics.protocol_groups([summary("se", 1, 5.0), summary("quantum_rzry", 0, 3.0), summary("se", 0, 4.0),
+                                      summary("se_cos", 0, 9.0, version=2)], arm_of)
+    assert list(groups) == [("mnist", 0, 0), ("mnist", 1, 0)]  # sorted; the version-2 run is left out
+    assert list(groups[("mnist", 0, 0)]) == ["quantum_rzry", "se"]
+    table = metrics.protocol_table(groups)
+    assert len(table) == 3 and table.loc[("mnist", 0, 0, "se"), "fid_any_class_mean"] == 4.0
+    assert table.loc[("mnist", 0, 0, "se"), "ssim_class_q95"] == 6.0 and table["kid_se"].eq(1.0).all()
+    with pytest.raises(ValueError, match="two runs of arm se"):
+        metrics.protocol_groups([summary("se", 0, 1.0), summary("se", 0, 2.0)], arm_of)

@@ -61,6 +61,29 @@ def test_rescore_recomputes_only_stale_metrics_and_keeps_the_training_record(fin
     assert record["metrics"] == new["metrics"] and record["metrics_version"] == metrics.METRICS_VERSION
 
 
+def test_rescore_of_a_version_2_summary_adds_the_paper_protocol_and_keeps_the_rest(finished):
+    key, path, runs, results = finished
+    original = json.loads(path.read_text())
+    assert "paper_protocol" in original["metrics"]
+    # a summary scored by metrics version 2: everything but the paper's protocol
+    old = {**original, "metrics_version": 2,
+           "metrics": {k: v for k, v in original["metrics"].items() if k != "paper_protocol"}}
+    path.write_text(json.dumps(old))
+    report = rescore.rescore_study("tiny", "ci", root=results, runs_root=runs, progress=False)
+    assert report.rescored == [key] and not report.failed
+    new = json.loads(path.read_text())
+    assert new["metrics_version"] == metrics.METRICS_VERSION == 3
+    assert new["rescored"]["previous_metrics_version"] == 2
+    assert new["metrics"]["paper_protocol"] == original["metrics"]["paper_protocol"]
+    p = new["metrics"]["paper_protocol"]
+    assert p["n"] == 13 and len(p["any_class"]["fid"]["values"]) == p["draws"]
+    assert {k: v for k, v in new["metrics"].items() if k != "paper_protocol"} == old["metrics"], (
+        "the version-2 entries changed")
+    for unchanged in ("options", "loss_curve", "final_loss", "timings", "preview", "git_commit", "samples",
+                      "n_parameters", "n_reference"):
+        assert new[unchanged] == old[unchanged], unchanged
+
+
 def test_rescore_refuses_samples_that_are_not_the_scored_ones(finished):
     key, path, runs, results = finished
     stale = {**json.loads(path.read_text()), "metrics_version": 0}

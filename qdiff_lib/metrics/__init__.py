@@ -19,6 +19,9 @@ held-out real images of the same class:
 * **class consistency**: the classifier's accuracy on samples meant to be of class ``label``.
 * **speckle** (pixel space): the share of background pixels (lit by no real image of the class) that samples
   light, against the rate of real images (:func:`speckle`); None where the class has no background.
+* **paper_protocol**: the paper's own protocol, FID of 13 samples against 13 real images of any class (its main
+  table) or against the class's reference (its all-digits table), and SSIM of unpaired images, as the paper
+  computed them but in the classifier's features, with the spread over redraws (:func:`paper_protocol`).
 * **memorization**: median distance from held-out real images to their nearest training image, divided by the
   same median for generated samples. About 1 for a model that generalises; large when samples copy training
   images (:data:`MEMORIZATION_THRESHOLD`).
@@ -28,9 +31,10 @@ held-out real images of the same class:
 Modules: :mod:`~qdiff_lib.metrics.distances` (features, FID, KID, their small-sample behaviour, Inception FID),
 :mod:`~qdiff_lib.metrics.neighbours` (precision/recall, density/coverage, memorization),
 :mod:`~qdiff_lib.metrics.pixels` (speckle), :mod:`~qdiff_lib.metrics.evaluation` (the held-out reference, class
-consistency, :func:`evaluate`) and :mod:`~qdiff_lib.metrics.calibration` (floors and ceilings, the normalised
-score, degradation curves, the paper's protocol: :func:`paper_fid`); every name is importable from
-``qdiff_lib.metrics`` itself.
+consistency, :func:`evaluate`), :mod:`~qdiff_lib.metrics.calibration` (floors and ceilings, the normalised
+score, degradation curves) and :mod:`~qdiff_lib.metrics.protocol` (the paper's protocol: :func:`paper_fid`,
+:func:`paper_protocol`, :func:`protocol_groups`, :func:`protocol_table`, :func:`protocol_ranking`); every name is
+importable from ``qdiff_lib.metrics`` itself.
 """
 
 from qdiff_lib.metrics.calibration import (
@@ -40,7 +44,6 @@ from qdiff_lib.metrics.calibration import (
     kid_from_features,
     metric_floor_ceiling,
     normalised_score,
-    paper_fid,
 )
 from qdiff_lib.metrics.distances import (
     INCEPTION_WEIGHTS_FILE,
@@ -58,11 +61,24 @@ from qdiff_lib.metrics.distances import (
 from qdiff_lib.metrics.evaluation import class_consistency, evaluate, held_out_reference
 from qdiff_lib.metrics.neighbours import MEMORIZATION_THRESHOLD, memorization, precision_recall
 from qdiff_lib.metrics.pixels import SPECKLE_THRESHOLD, speckle
+from qdiff_lib.metrics.protocol import (
+    PAPER_DRAWS,
+    PAPER_N,
+    PAPER_POOL,
+    paper_fid,
+    paper_protocol,
+    paper_ssim,
+    protocol_groups,
+    protocol_ranking,
+    protocol_table,
+    win_probability,
+)
 
 #: The version of :func:`evaluate`'s output. Raise it whenever a change of the metrics changes a number or adds an
 #: entry: ``python -m qdiff_lib study --rescore`` recomputes the metrics of every run whose summary records an older
 #: version (:mod:`qdiff_lib.rescore`), from the run's kept samples, without retraining.
-METRICS_VERSION = 2  # 2: evaluate() gained "speckle" (qdiff_lib.metrics.pixels)
+METRICS_VERSION = 3  # 2: evaluate() gained "speckle" (qdiff_lib.metrics.pixels); 3: "paper_protocol" (the paper's
+#                      FID of 13 samples and SSIM with their spread over redraws, qdiff_lib.metrics.protocol)
 
 __all__ = [
     "METRICS_VERSION",
@@ -92,4 +108,13 @@ __all__ = [
     "metric_floor_ceiling",
     "normalised_score",
     "paper_fid",
+    "PAPER_N",
+    "PAPER_DRAWS",
+    "PAPER_POOL",
+    "paper_ssim",
+    "paper_protocol",
+    "protocol_ranking",
+    "protocol_groups",
+    "protocol_table",
+    "win_probability",
 ]

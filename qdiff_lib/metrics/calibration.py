@@ -8,7 +8,8 @@ which exports the public names.
 * :func:`normalised_score`: ``(value - floor) / (ceiling - floor)``; 0 at the floor, 1 at the ceiling.
 * :func:`degrade`, :func:`degradation_curves`: real images corrupted at growing strength (Gaussian pixel noise,
   blur, salt-and-pepper speckle, a growing share of another class), and every metric's response.
-* :func:`paper_fid`: the paper's protocol (FID of 13 images, SSIM of unpaired images) with its spread over redraws.
+* :func:`~qdiff_lib.metrics.paper_fid` (in :mod:`~qdiff_lib.metrics.protocol`, re-exported here): the paper's
+  protocol (FID of 13 images, SSIM of unpaired images) with its spread over redraws.
 
 Every draw takes a seeded ``torch.Generator``; the metrics are computed on features extracted once per image set,
 with the estimators of :func:`~qdiff_lib.metrics.evaluate` (KID: the unbiased MMD^2 on all images, whose expectation
@@ -30,10 +31,9 @@ from qdiff_lib._checks import check_choice
 from qdiff_lib.metrics.distances import _check_images, _poly_kernel, extract_features, fid_from_features
 from qdiff_lib.metrics.neighbours import _precision_recall_draws
 from qdiff_lib.metrics.pixels import speckle
+from qdiff_lib.metrics.protocol import paper_fid  # noqa: F401 (re-exported: its home before metrics version 3)
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from qdiff_lib.classifier import TrainedClassifier
 
 #: Metrics of the calibration and the direction in which each gets worse (``"up"``: larger is worse).
@@ -336,53 +336,3 @@ def degradation_curves(
     return [{"kind": kind, "strength": float(s), "n_samples": int(n), "n_reference": int(n_ref),
              "other_label": other_label if kind == "other_class" else None,
              **{m: _summary(v[m]) for m in METRICS}} for (kind, s), v in values.items()]
-
-
-def paper_fid(
-    samples: torch.Tensor,
-    reference: torch.Tensor,
-    feature: nn.Module,
-    n: int = 13,
-    draws: int = 100,
-    seed: int = 0,
-    ssim_reference: torch.Tensor | None = None,
-) -> dict:
-    """The paper's protocol on raw samples, with its spread over redraws of the ``n`` images it looks at.
-
-    The paper's FID used about 13 generated images (a covariance from 13 vectors), and its SSIM paired generated
-    image i with real image i of any class (no correspondence between the two). Here, for each of ``draws``
-    redraws (``torch.Generator`` seeded by ``seed``): ``n`` of ``samples`` ``(B, C, H, W)`` are drawn; FID
-    between them and all of ``reference`` ``(M, C, H, W)`` in ``feature``'s space (the dataset's classifier; the
-    paper used Inception-v3, see :func:`~qdiff_lib.metrics.inception_fid`); SSIM (torchmetrics, Gaussian
-    window, on [0, 1] images) averaged over ``n`` pairs (sample i, real image i), the real images drawn from
-    ``ssim_reference`` (default: ``reference``; pass images of every class to pair as the paper did).
-
-    Returns ``{"fid": summary, "ssim": summary, "n", "draws", "n_reference"}``, a summary being
-    ``{"values", "mean", "std", "q05", "q95", "min", "max"}`` over the redraws.
-    """
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
-    samples, reference = _check_images(samples, "samples").float(), _check_images(reference, "reference").float()
-    pair = reference if ssim_reference is None else _check_images(ssim_reference, "ssim_reference").float()
-    if not 2 <= n <= min(len(samples), len(pair)):
-        raise ValueError(f"n must be in 2..{min(len(samples), len(pair))} (samples and SSIM partners), got {n}")
-    f_gen, f_ref = extract_features(samples, feature), extract_features(reference, feature)
-    g = torch.Generator().manual_seed(seed)
-    fids, ssims = [], []
-    for _ in range(draws):
-        si = torch.randperm(len(samples), generator=g)[:n]
-        pi = torch.randperm(len(pair), generator=g)[:n]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fids.append(fid_from_features(f_gen[si], f_ref))
-        a, b = (samples[si].clamp(-1, 1) + 1) / 2, (pair[pi].clamp(-1, 1) + 1) / 2
-        ssims.append(float(ssim(a, b, data_range=1.0)))
-
-    def summary(v: list[float]) -> dict:
-        a = np.asarray(v)
-        q05, q95 = np.quantile(a, [0.05, 0.95])
-        return {"values": a.tolist(), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-                "q05": float(q05), "q95": float(q95), "min": float(a.min()), "max": float(a.max())}
-
-    return {"fid": summary(fids), "ssim": summary(ssims), "n": int(n), "draws": int(draws),
-            "n_reference": len(reference)}

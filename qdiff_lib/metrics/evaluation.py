@@ -12,10 +12,10 @@ from qdiff_lib import data
 from qdiff_lib.metrics.distances import _check_images, extract_features, fid, kid
 from qdiff_lib.metrics.neighbours import _precision_recall_draws, memorization
 from qdiff_lib.metrics.pixels import speckle
+from qdiff_lib.metrics.protocol import PAPER_DRAWS, paper_protocol
 
 if TYPE_CHECKING:
     from qdiff_lib.classifier import TrainedClassifier
-
 
 
 def class_consistency(predicted: torch.Tensor, label: int, alpha: float = 0.05) -> dict:
@@ -68,6 +68,8 @@ def evaluate(
     n_reference: int = 1000,
     classifier: TrainedClassifier | None = None,
     n_pr_draws: int = 10,
+    paper_draws: int = PAPER_DRAWS,
+    paper_pool: torch.Tensor | None = None,
 ) -> dict:
     """All metrics of generated ``samples`` ``(B, C, 28, 28)`` in [-1, 1] meant to be of class ``label``.
 
@@ -87,6 +89,8 @@ def evaluate(
         device: where the classifier runs.
         n_reference: size of the default reference.
         classifier: a :class:`~qdiff_lib.classifier.TrainedClassifier` (default: ``get_classifier(dataset)``).
+        paper_draws, paper_pool: redraws of the paper's protocol and its real images of every class (None: drawn
+            from the held-out split with ``seed``); see :func:`~qdiff_lib.metrics.paper_protocol`.
 
     Returns a JSON-serialisable dict: ``kid`` and ``fid``-style entries are ``{"mean", ...}`` dicts:
     ``kid`` {mean, se, subset_std, ...}; ``fid`` {mean} (biased at small N: see
@@ -96,7 +100,9 @@ def evaluate(
     ``class_consistency`` {mean, ci_low, ci_high, n}; ``memorization`` (pixels) and ``memorization_features``
     {mean, ci_low, ci_high, flag, threshold, copy_fraction}; ``speckle`` {mean, real_rate, excess, n_background,
     threshold} (pixel space, :func:`~qdiff_lib.metrics.speckle`; None entries where the class has no background);
-    plus ``n_samples``, ``n_reference``,
+    ``paper_protocol``: the paper's FID of 13 samples and its SSIM, in both of its variants, with their spread
+    over ``paper_draws`` seeded redraws (:func:`~qdiff_lib.metrics.paper_protocol`; metrics version 3); plus
+    ``n_samples``, ``n_reference``,
     ``n_train``, ``out_of_range_fraction``, ``classifier_test_accuracy``, ``seed``.
     """
     from qdiff_lib.classifier import get_classifier
@@ -135,6 +141,8 @@ def evaluate(
         "memorization": memorization(samples, reference, train_images, seed=seed),
         "memorization_features": memorization(f_gen, f_ref, f_train, seed=seed),
         "speckle": speckle(samples, reference),
+        "paper_protocol": paper_protocol(samples, reference, feature, dataset, seed=seed, draws=paper_draws,
+                                         pool=paper_pool),
         "out_of_range_fraction": out_of_range,
         "n_samples": len(samples),
         "n_reference": len(reference),
