@@ -72,11 +72,12 @@ lint: venv
 # with), and two at once on two cores took 17.7 min against about 10 one by one.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
+# --durations: every log says where the time goes (issue 21 part 8: make test within 20 minutes on a slow machine).
 unit: venv
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 nbval: venv
-	cd chapters && $(BIN)/pytest -q -p no:cacheprovider --nbval \
+	cd chapters && $(BIN)/pytest -q -p no:cacheprovider --durations=15 --nbval \
 	    --nbval-sanitize-with ../tests/nbval_sanitize.cfg --nbval-cell-timeout 1200 \
 	    $(notdir $(CHAPTERS))
 
