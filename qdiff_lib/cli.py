@@ -17,7 +17,8 @@ are loaded, before any training starts; a bad value stops the command with a mes
 
 The same run is available from Python as :func:`qdiff_lib.experiment.run` with a
 :class:`~qdiff_lib.experiment.RunOptions` (both importable from here too), whose fields define the options below.
-``python -m qdiff_lib study`` runs the grids of :mod:`qdiff_lib.study`.
+``python -m qdiff_lib study`` runs the grids of :mod:`qdiff_lib.study`; ``python -m qdiff_lib calibrate`` computes
+the floor and ceiling of every class the studies use (:mod:`qdiff_lib.metrics.calibrate`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_arguments(study_parser)
     add_threads_argument(study_parser)
+
+    calibrate_parser = sub.add_parser(
+        "calibrate", help="compute each class's floor and ceiling of every metric (the normalised KID's scale)",
+        description="The floor and ceiling of every metric for every class the studies use, one JSON per class "
+                    "under results/calibration/ (see qdiff_lib.metrics.calibrate; the metrics are imported only "
+                    "when the command runs, so that the other commands start fast).",
+    )
+    add_calibrate_arguments(calibrate_parser)
+    add_threads_argument(calibrate_parser)
     return parser
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``python -m qdiff_lib calibrate`` (:func:`qdiff_lib.metrics.calibrate.main` reads them)."""
+    p.add_argument("--dataset", default=None,
+                   help="only this dataset's classes (default: every dataset the studies use)")
+    p.add_argument("--label", type=int, default=None, help="only this class (default: every class the studies use)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="redraws of every sample, at least 2 (default: qdiff_lib.metrics.calibrate.DRAWS)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of every draw (default: qdiff_lib.metrics.calibrate.SEED)")
+    p.add_argument("--out", type=Path, default=None, help="folder of the files (default: results/calibration)")
+    p.add_argument("--force", action="store_true", help="recompute the classes whose file exists")
+    p.add_argument("--list", action="store_true", help="list the classes, their sizes and whether each is done")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.force_rescore and not args.rescore:
             parser.error("--force-rescore needs --rescore")
         return (rescore.main if args.rescore else study.main)(args, parser)
+    if args.command == "calibrate":
+        from qdiff_lib.metrics import calibrate  # heavy (torchmetrics, scipy): only for this command
+
+        return calibrate.main(args, parser)
     options = options_from_args(args)
     try:
         prepared = prepare(options, args.out, args.force)

@@ -39,7 +39,8 @@ def test_make_test_validates_every_toc_notebook():
     for nb in NOTEBOOKS:
         assert Path(nb).name in nbval_lines[0].split(), f"{nb} is not validated by make test"
     assert "jupyter-book build . -W -n --keep-going" in out
-    assert re.search(r"pytest -q -n \d+ --dist loadfile (?:--durations=\d+ )?tests", out), "make test runs the unit tests"
+    unit = r"pytest -q -n \d+ --dist loadfile (?:--durations=\d+ )?tests"
+    assert re.search(unit, out), "make test runs the unit tests"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)

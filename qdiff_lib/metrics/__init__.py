@@ -32,9 +32,13 @@ Modules: :mod:`~qdiff_lib.metrics.distances` (features, FID, KID, their small-sa
 :mod:`~qdiff_lib.metrics.neighbours` (precision/recall, density/coverage, memorization),
 :mod:`~qdiff_lib.metrics.pixels` (speckle), :mod:`~qdiff_lib.metrics.evaluation` (the held-out reference, class
 consistency, :func:`evaluate`), :mod:`~qdiff_lib.metrics.calibration` (floors and ceilings, the normalised
-score, degradation curves) and :mod:`~qdiff_lib.metrics.protocol` (the paper's protocol: :func:`paper_fid`,
-:func:`paper_protocol`, :func:`protocol_groups`, :func:`protocol_table`, :func:`protocol_ranking`); every name is
-importable from ``qdiff_lib.metrics`` itself.
+score, degradation curves), :mod:`~qdiff_lib.metrics.protocol` (the paper's protocol: :func:`paper_fid`,
+:func:`paper_protocol`, :func:`protocol_groups`, :func:`protocol_table`, :func:`protocol_ranking`) and
+:mod:`~qdiff_lib.metrics.scale` (the normalised KID of the experiment chapters, from each class's calibration file:
+:func:`calibration_table`, :func:`add_normalised_kid`, :func:`normalised_kid`, :func:`join_normalised`); every name
+is importable from ``qdiff_lib.metrics`` itself. :mod:`~qdiff_lib.metrics.calibrate` (``python -m qdiff_lib
+calibrate``, which writes those files) is not re-exported:
+it reads the studies' grids, which import this package.
 """
 
 from qdiff_lib.metrics.calibration import (
@@ -72,6 +76,20 @@ from qdiff_lib.metrics.protocol import (
     protocol_ranking,
     protocol_table,
     win_probability,
+)
+from qdiff_lib.metrics.scale import (
+    CALIBRATE_COMMAND,
+    CALIBRATION_DIR,
+    MissingCalibration,
+    add_normalised_kid,
+    calibrate_command,
+    calibration_path,
+    calibration_table,
+    join_normalised,
+    kid_scale,
+    load_calibration,
+    normalised_difference,
+    normalised_kid,
 )
 
 #: The version of :func:`evaluate`'s output. Raise it whenever a change of the metrics changes a number or adds an
@@ -117,4 +135,16 @@ __all__ = [
     "protocol_groups",
     "protocol_table",
     "win_probability",
+    "CALIBRATION_DIR",
+    "CALIBRATE_COMMAND",
+    "MissingCalibration",
+    "calibration_path",
+    "calibrate_command",
+    "load_calibration",
+    "calibration_table",
+    "kid_scale",
+    "add_normalised_kid",
+    "normalised_kid",
+    "normalised_difference",
+    "join_normalised",
 ]
