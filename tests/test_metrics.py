@@ -248,3 +248,46 @@ def test_density_and_coverage_match_hand_computation():
     ours = metrics.precision_recall(torch.from_numpy(fg), torch.from_numpy(fr), k=k)
     assert ours["density"]["mean"] == pytest.approx(density)
     assert ours["coverage"]["mean"] == pytest.approx(coverage)
+
+
+def _blobs(n: int, seed: int, centres: torch.Tensor) -> torch.Tensor:
+    """``n`` points around random rows of ``centres`` (a mixture with unit noise), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(centres), (n,), generator=g)
+    return (centres[pick] + 0.3 * torch.randn(n, centres.shape[1], generator=g, dtype=torch.float64)) / 10
+
+
+def test_memorization_floor_from_is_seeded_and_equals_memorization_on_the_whole_pool():
+    centres = torch.randn(5, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    train, ref, pool = _blobs(30, 1, centres), _blobs(200, 2, centres), _blobs(300, 3, centres)
+    a = metrics.memorization_floor_from(train, ref, pool, n_samples=100, draws=8, seed=4)
+    b = metrics.memorization_floor_from(train, ref, pool, n_samples=100, draws=8, seed=4)
+    c = metrics.memorization_floor_from(train, ref, pool, n_samples=100, draws=8, seed=5)
+    assert a == b and a["scores"] != c["scores"]
+    assert a["std"] > 0 and a["q025"] <= a["mean"] <= a["q975"] and len(a["scores"]) == 8
+    # one draw of the whole pool: exactly the score memorization() gives the pool as samples
+    whole = metrics.memorization_floor_from(train, ref, pool, n_samples=len(pool), draws=1, seed=0)
+    assert whole["mean"] == pytest.approx(metrics.memorization(pool, ref, train)["mean"], rel=1e-12)
+    with pytest.raises(ValueError, match="n_samples"):
+        metrics.memorization_floor_from(train, ref, pool, n_samples=len(pool) + 1)
+
+
+def test_memorization_floor_from_is_near_one_for_fresh_draws_and_large_for_copies():
+    centres = torch.randn(5, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    train, ref = _blobs(30, 1, centres), _blobs(400, 2, centres)
+    fresh = metrics.memorization_floor_from(train, ref, _blobs(2000, 3, centres), n_samples=200, draws=20, seed=0)
+    assert abs(fresh["mean"] - 1) < 0.1 and not fresh["mean"] > metrics.MEMORIZATION_THRESHOLD
+    copies = train[torch.arange(400) % len(train)]  # the training images themselves, repeated
+    copied = metrics.memorization_floor_from(train, ref, copies, n_samples=200, draws=5, seed=0)
+    assert copied["mean"] == pytest.approx(1000)  # the denominator's floor: 1e-3 of the reference median
+    near = metrics.memorization_floor_from(train, ref, copies + 1e-3 * torch.randn(copies.shape, dtype=torch.float64,
+                                           generator=torch.Generator().manual_seed(1)), n_samples=200, draws=5)
+    assert near["mean"] > 10 * metrics.MEMORIZATION_THRESHOLD
+
+
+def test_memorization_floor_of_a_study_run_uses_its_split_and_fresh_images():
+    floor = metrics.memorization_floor("mnist", 3, n_train=10, n_ref=50, n_samples=100, seed=0, draws=4)
+    again = metrics.memorization_floor("mnist", 3, n_train=10, n_ref=50, n_samples=100, seed=0, draws=4)
+    assert floor == again
+    assert (floor["n_train"], floor["n_reference"], floor["n_samples"]) == (10, 50, 100)
+    assert 0.7 < floor["mean"] < 1.3  # real images of the digit: no copying

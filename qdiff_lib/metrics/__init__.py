@@ -29,7 +29,7 @@ held-out real images of the same class:
 :func:`inception_fid` gives the paper's Inception-v3 FID when its weights and ``torch-fidelity`` are installed.
 
 Modules: :mod:`~qdiff_lib.metrics.distances` (features, FID, KID, their small-sample behaviour, Inception FID),
-:mod:`~qdiff_lib.metrics.neighbours` (precision/recall, density/coverage, memorization),
+:mod:`~qdiff_lib.metrics.neighbours` (precision/recall, density/coverage, memorization and its floor),
 :mod:`~qdiff_lib.metrics.pixels` (speckle), :mod:`~qdiff_lib.metrics.evaluation` (the held-out reference, class
 consistency, :func:`evaluate`), :mod:`~qdiff_lib.metrics.calibration` (floors and ceilings, the normalised
 score, degradation curves), :mod:`~qdiff_lib.metrics.protocol` (the paper's protocol: :func:`paper_fid`,
@@ -63,7 +63,13 @@ from qdiff_lib.metrics.distances import (
     small_sample_bias,
 )
 from qdiff_lib.metrics.evaluation import class_consistency, evaluate, held_out_reference
-from qdiff_lib.metrics.neighbours import MEMORIZATION_THRESHOLD, memorization, precision_recall
+from qdiff_lib.metrics.neighbours import (
+    MEMORIZATION_THRESHOLD,
+    memorization,
+    memorization_floor,
+    memorization_floor_from,
+    precision_recall,
+)
 from qdiff_lib.metrics.pixels import SPECKLE_THRESHOLD, speckle
 from qdiff_lib.metrics.protocol import (
     PAPER_DRAWS,
@@ -112,6 +118,8 @@ __all__ = [
     "precision_recall",
     "class_consistency",
     "memorization",
+    "memorization_floor",
+    "memorization_floor_from",
     "fid_spread",
     "small_sample_bias",
     "inception_fid",

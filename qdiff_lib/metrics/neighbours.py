@@ -132,3 +132,87 @@ def memorization(
         "threshold": MEMORIZATION_THRESHOLD,
         "copy_fraction": float((d_gen < q05).double().mean()),
     }
+
+
+def _memorization_score(d_gen: torch.Tensor, d_ref: torch.Tensor) -> float:
+    """The score of :func:`memorization` from the nearest-training-image distances (the same formula)."""
+    med_r = d_ref.median()
+    return float(med_r / torch.maximum(d_gen.median(), 1e-3 * med_r))
+
+
+def memorization_floor_from(
+    train: torch.Tensor,
+    reference: torch.Tensor,
+    pool: torch.Tensor,
+    n_samples: int,
+    draws: int = 20,
+    seed: int = 0,
+) -> dict:
+    """The :func:`memorization` score of a perfect non-copying generator: real images instead of samples.
+
+    Each of ``draws`` seeded draws takes ``n_samples`` rows of ``pool`` (fresh real images of the class, disjoint
+    from ``train`` and ``reference``) without replacement and scores them as :func:`memorization` scores generated
+    samples against ``reference`` and ``train`` (same distances, same median ratio, same floor of the denominator).
+    Inputs are images or vectors ``(B, ...)``, flattened as :func:`memorization` does; images are clamped to
+    [-1, 1] first, as :func:`~qdiff_lib.metrics.evaluate` clamps samples (real images already are).
+
+    Returns ``{"mean", "std", "q025", "q975", "draws", "scores", "n_samples", "n_reference", "n_train"}``: the mean
+    and standard deviation (ddof 1) of the score over the draws, its 2.5% and 97.5% quantiles, and every score.
+    """
+    if draws < 1:
+        raise ValueError(f"draws={draws}: expected at least 1")
+    if not 1 <= n_samples <= len(pool):
+        raise ValueError(f"n_samples={n_samples}: expected 1..{len(pool)} (the size of the pool)")
+    t, r, p = (v.detach().clamp(-1, 1).double().flatten(1) for v in (train, reference, pool))
+    d_ref = _cdist(r, t).min(1).values
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.randperm(len(p), generator=g)[:n_samples] for _ in range(draws)]
+    used = torch.unique(torch.cat(picks))  # distances only for the pool rows some draw uses
+    d_pool = torch.full((len(p),), float("nan"), dtype=torch.float64)
+    d_pool[used] = _cdist(p[used], t).min(1).values
+    scores = np.array([_memorization_score(d_pool[i], d_ref) for i in picks])
+    q025, q975 = np.quantile(scores, [0.025, 0.975])
+    return {
+        "mean": float(scores.mean()),
+        "std": float(scores.std(ddof=1)) if draws > 1 else 0.0,
+        "q025": float(q025),
+        "q975": float(q975),
+        "draws": draws,
+        "scores": scores.tolist(),
+        "n_samples": n_samples,
+        "n_reference": len(r),
+        "n_train": len(t),
+    }
+
+
+def memorization_floor(
+    dataset: str,
+    label: int,
+    n_train: int,
+    n_ref: int,
+    n_samples: int,
+    seed: int = 0,
+    draws: int = 20,
+    draw_seed: int = 0,
+    reference_pool: str = "test",
+) -> dict:
+    """:func:`memorization_floor_from` for one run of a study: the score its samples would get if the model were a
+    perfect generator that never copies.
+
+    The training and reference images are the run's own, ``qdiff_lib.data.few_shot_split(dataset, label, n_train,
+    n_ref, seed, pool=reference_pool)``, as :func:`qdiff_lib.experiment.prepare` draws them. The fresh images come
+    from every real image of the class on disk (training and held-out splits) minus exact copies of the training and
+    reference images; ``draws`` draws of ``n_samples`` of them, seeded by ``draw_seed``.
+    """
+    import warnings
+
+    from qdiff_lib import data
+
+    train, reference = data.few_shot_split(dataset, label, n_train, n_ref, seed, pool=reference_pool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DataNotice)  # the offline subset has only its training split
+        splits = dict.fromkeys(["train", data.held_out_split(dataset)])
+        everything = torch.cat([data.load_images(dataset, s, label) for s in splits])
+    seen = {row.numpy().tobytes() for row in torch.cat([train, reference]).float().flatten(1)}
+    keep = torch.tensor([row.numpy().tobytes() not in seen for row in everything.float().flatten(1)], dtype=torch.bool)
+    return memorization_floor_from(train, reference, everything[keep], n_samples, draws, draw_seed)
