@@ -78,8 +78,11 @@ def needs_rescore(summary: dict[str, Any], force: bool = False) -> bool:
 
 
 def rescore_summary(summary: dict[str, Any], run_dir: str | os.PathLike, device: str | torch.device = "cpu",
-                    command: str = "") -> dict[str, Any]:
-    """``summary`` with its metrics recomputed from the samples in ``run_dir`` (see the module docstring)."""
+                    command: str = "", stamp: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``summary`` with its metrics recomputed from the samples in ``run_dir`` (see the module docstring).
+
+    ``stamp``: the provenance to record (default: :func:`~qdiff_lib.experiment.provenance` now). A command that
+    rescores many runs takes it once before writing any, since its own writes make the working tree dirty."""
     from qdiff_lib.metrics import evaluate
 
     options = RunOptions(**summary["options"])
@@ -101,7 +104,8 @@ def rescore_summary(summary: dict[str, Any], run_dir: str | os.PathLike, device:
         **({"metrics_at": intermediate} if intermediate else {}),
         "metrics_version": metrics_version(),
         "n_reference": len(reference),
-        "rescored": {**provenance(), "previous_metrics_version": summary.get("metrics_version"),
+        "rescored": {**(stamp if stamp is not None else provenance()),
+                     "previous_metrics_version": summary.get("metrics_version"),
                      "metrics_s": time.perf_counter() - t0, "command": command},
     }
 
@@ -127,6 +131,7 @@ def rescore_study(study: str, profile_name: str = "full", root: str | os.PathLik
     out = results_dir(profile_name, study, root)
     runs_root = Path(runs_root if runs_root is not None else REPO_ROOT / "runs")
     report = RescoreReport()
+    stamp = provenance()  # once, before this command's own writes dirty the working tree
     todo = []
     for options in select(study_runs(study, profile_name), filters or {}):
         key = run_key(options)
@@ -138,7 +143,7 @@ def rescore_study(study: str, profile_name: str = "full", root: str | os.PathLik
     for key, path, summary in tqdm(todo, desc=f"rescore {study} ({profile_name})", disable=not progress):
         run_dir = runs_root / key
         try:
-            new = rescore_summary(summary, run_dir, device=device, command=command)
+            new = rescore_summary(summary, run_dir, device=device, command=command, stamp=stamp)
         except SamplesUnavailable as error:
             report.failed[key] = str(error)
             continue

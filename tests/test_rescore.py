@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -179,3 +180,24 @@ def test_score_at_is_checked_before_training():
         with pytest.raises(ValueError, match="score-at"):
             _scored_run_options(score_at=bad).validate()
     assert _scored_run_options(score_at="3, 1,3").score_steps() == (1, 3)
+
+
+def test_rescore_stamps_every_run_with_the_state_before_its_own_writes(tmp_path, monkeypatch):
+    """Rescoring writes into the results it rescores (inside the repository, a dirty working tree): every run of one
+    command must record the provenance taken before the first write, not a tree its own earlier writes dirtied."""
+    runs_list = [_options(), dataclasses.replace(_options(), seed=1)]
+    monkeypatch.setitem(study.STUDIES, "tiny2", lambda profile: runs_list)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    out = study.results_dir("ci", "tiny2", results)
+    for o in runs_list:
+        run_one(o, out, runs_root=runs, command="cmd")
+    for p in out.glob("*.json"):  # scored by an older version: both need rescoring
+        p.write_text(json.dumps({**json.loads(p.read_text()), "metrics_version": 0}))
+
+    def fake_provenance():  # "dirty" once any result file carries a rescore record, as git status would say
+        return {"git_dirty": any("rescored" in json.loads(p.read_text()) for p in out.glob("*.json"))}
+
+    monkeypatch.setattr(rescore, "provenance", fake_provenance)
+    report = rescore.rescore_study("tiny2", "ci", root=results, runs_root=runs, progress=False)
+    assert len(report.rescored) == 2
+    assert [json.loads(p.read_text())["rescored"]["git_dirty"] for p in sorted(out.glob("*.json"))] == [False, False]

@@ -113,10 +113,11 @@ def _computed(dataset: str, label: int, requested: dict[str, Any], classifier) -
 
 def calibration_record(dataset: str, label: int, n_samples: int, n_reference: int, draws: int = DRAWS,
                        seed: int = SEED, studies: Sequence[str] = (), command: str | None = None,
-                       classifier=None) -> dict[str, Any]:
+                       classifier=None, stamp: dict[str, Any] | None = None) -> dict[str, Any]:
     """The content of a calibration file: :func:`~qdiff_lib.metrics.metric_floor_ceiling` of the class with the
     settings (kept under ``requested``), plus the classifier, the data file, ``studies``, ``command`` (default: the
-    command that writes this one file), the provenance and the time taken."""
+    command that writes this one file), the provenance (``stamp``, default: taken now; a command writing several
+    files takes it once, before its own writes dirty the working tree) and the time taken."""
     from qdiff_lib.classifier import get_classifier
     from qdiff_lib.experiment import provenance
 
@@ -129,7 +130,8 @@ def calibration_record(dataset: str, label: int, n_samples: int, n_reference: in
     return {"dataset": data.dataset_info(dataset).name, "label": int(label), "requested": requested,
             "studies": list(studies), **result, "classifier": _classifier_record(clf),
             "data_file": data_file(dataset),
-            "command": command or calibrate_command(dataset, label), **provenance(), "seconds": round(seconds, 2)}
+            "command": command or calibrate_command(dataset, label), **(stamp if stamp is not None else provenance()),
+            "seconds": round(seconds, 2)}
 
 
 def write_record(record: dict[str, Any], root: str | os.PathLike | None = None) -> Path:
@@ -188,6 +190,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     print(f"{len(chosen)} class(es) selected, {len(chosen) - len(todo)} already calibrated (kept; --force recomputes), "
           f"{len(todo)} to compute with {draws} redraws")
     invoked = " ".join([CALIBRATE_COMMAND, *sys.argv[2:]]) if sys.argv[1:2] == ["calibrate"] else None
+    from qdiff_lib.experiment import provenance
+
+    stamp = provenance()  # once, before this command's own writes dirty the working tree
     classifiers, failures = {}, []
     bar = tqdm(todo, desc="calibrate", unit="class", disable=args.no_progress)
     for ds, lab in bar:
@@ -197,7 +202,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                 classifiers[ds] = get_classifier(ds, progress=False)
             c = cases[(ds, lab)]
             record = calibration_record(ds, lab, c["n_samples"], c["n_reference"], draws, seed,
-                                        c["studies"], invoked, classifiers[ds])
+                                        c["studies"], invoked, classifiers[ds], stamp)
             path = write_record(record, root)
         except Exception as error:  # report, go on with the other classes
             failures.append((ds, lab, error))
