@@ -141,17 +141,24 @@ def test_the_command_checks_its_options(capsys, tmp_path):
 def test_the_command_writes_one_file_per_class_and_resumes(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_record(dataset, label, n_samples, n_reference, draws, seed, studies, command, classifier):
+    def fake_record(dataset, label, n_samples, n_reference, draws, seed, studies, command, classifier, stamp):
         calls.append((dataset, label, n_samples, n_reference, draws, seed))
-        return {**_record(dataset, label, 0.0, 10.0 + label), "studies": studies, "command": command, "seconds": 0.1}
+        return {**_record(dataset, label, 0.0, 10.0 + label), "studies": studies, "command": command, "seconds": 0.1,
+                **stamp}
+
+    def fake_provenance():  # "dirty" once the command has written a file, as git status would say
+        return {"git_dirty": any(tmp_path.iterdir())}
 
     monkeypatch.setattr(calibrate, "calibration_record", fake_record)
+    monkeypatch.setattr("qdiff_lib.experiment.provenance", fake_provenance)
     monkeypatch.setattr("qdiff_lib.classifier.get_classifier", lambda dataset, progress=False: object())
     argv = ["calibrate", "--dataset", "mnist", "--out", str(tmp_path), "--no-progress", "--draws", "3"]
     assert cli.main(argv) == 0
     assert calls == [("mnist", d, 500, 800, 3, 0) for d in range(10)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"mnist-l{d}.json" for d in range(10))
     assert json.loads((tmp_path / "mnist-l4.json").read_text())["ceiling"]["kid"]["mean"] == 14.0
+    # every file records the tree as it was before the command's own writes
+    assert {json.loads(p.read_text())["git_dirty"] for p in tmp_path.iterdir()} == {False}
     assert cli.main(argv) == 0 and len(calls) == 10  # resumed: every file exists, nothing recomputed
     assert "10 already calibrated" in capsys.readouterr().out
     assert cli.main([*argv, "--label", "2", "--force"]) == 0 and calls[-1][:2] == ("mnist", 2) and len(calls) == 11
