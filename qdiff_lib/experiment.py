@@ -79,6 +79,7 @@ __all__ = [
     "metrics_version",
     "prepare",
     "run",
+    "training_losses",
     "add_run_arguments",
     "add_threads_argument",
     "options_from_args",
@@ -590,3 +591,36 @@ def run(
     ``force``; ValueError for bad options (before any training). ``command`` is recorded as given.
     """
     return prepare(options, out, force).execute(progress, command)
+
+
+class _PrefixDone(Exception):
+    """Raised by :func:`training_losses`' callback to end training after the steps it needs."""
+
+
+def training_losses(options: RunOptions, steps: int) -> list[float]:
+    """The losses of the first ``steps`` optimiser steps of the run ``options``, as :func:`run` computes them.
+
+    The same data, model and training loop as :func:`run`, stopped after ``steps`` steps, with no checkpoint,
+    sampling or scoring: the CI's prefix re-check of committed runs (:mod:`qdiff_lib.recheck`). Raises ValueError
+    for bad options, or ``steps`` outside 1..the run's steps.
+    """
+    options.validate()
+    images, _ = data.few_shot_split(options.dataset, options.label, options.n_train, options.n_ref, options.seed,
+                                    pool=options.reference_pool)
+    config = options.train_config()
+    total = config.total_steps(len(images))
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= total:
+        raise ValueError(f"steps {steps!r}: expected an integer in 1..{total} (the run's steps)")
+    model = UNet(**options.model_kwargs(data.dataset_info(options.dataset).n_channels))
+    losses: list[float] = []
+
+    def collect(step: int, loss: float, _model: nn.Module) -> None:
+        losses.append(loss)
+        if step >= steps:
+            raise _PrefixDone
+
+    try:
+        train(model, images, config, checkpoint_dir=None, progress=False, callback=collect)
+    except _PrefixDone:
+        pass
+    return losses

@@ -1,9 +1,18 @@
 """The CI re-check of committed results: which committed run to recompute, and how to compare it.
 
 A committed run computed under the pinned numerics (:func:`is_pinned`) reproduces bit for bit on any x86-64 CPU
-with AVX2, so ``make test`` recomputes the cheapest of them (:func:`recheck_candidate`) and compares every number
-(:func:`recheck_differences`, mode ``exact``); on any other platform the recomputation is another draw of the same
-run, compared within stated tolerances (mode ``tolerance``).
+with AVX2. Two re-checks use this:
+
+- the *prefix* re-check (``make test``): the first :data:`PREFIX_WINDOWS` windows of the loss curve of the cheapest
+  pinned run and of the cheapest pinned run with a circuit (:func:`prefix_candidates`) are recomputed
+  (:func:`qdiff_lib.experiment.training_losses`) and must equal the committed ones exactly
+  (:func:`prefix_differences`): each window is the mean of its steps' losses, and a change of the numerics moves
+  every loss after it (the reference-bits test of :mod:`qdiff_lib.numerics` shows other kernels leave the
+  reference within a few steps);
+- the *full* re-check (``make recheck``, also run by CI): the cheapest pinned run (:func:`recheck_candidate`) is
+  recomputed end to end, training, sampling and scoring, and every number compared (:func:`recheck_differences`,
+  mode ``exact``); on any other platform the recomputation is another draw of the same run, compared within stated
+  tolerances (mode ``tolerance``).
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from typing import Any
 from qdiff_lib import numerics
 from qdiff_lib._checks import check_choice
 
-__all__ = ["RECHECK_MODES", "RECHECK_Z", "RECHECK_FINAL_LOSS_RTOL", "recompute_cost_s", "is_pinned",
-           "recheck_candidate", "recheck_mode", "recheck_differences"]
+__all__ = ["RECHECK_MODES", "RECHECK_Z", "RECHECK_FINAL_LOSS_RTOL", "PREFIX_WINDOWS", "recompute_cost_s", "is_pinned",
+           "recheck_candidate", "recheck_mode", "recheck_differences", "window_means", "prefix_candidates",
+           "prefix_steps", "prefix_differences"]
 
 
 def recompute_cost_s(summary: dict[str, Any]) -> float | None:
@@ -46,6 +56,70 @@ def recheck_candidate(summaries: dict[Any, dict[str, Any]]) -> Any | None:
     costs = {k: recompute_cost_s(s) for k, s in summaries.items() if is_pinned(s)}
     costs = {k: c for k, c in costs.items() if c is not None}
     return min(costs, key=lambda k: (costs[k], str(k))) if costs else None
+
+
+def prefix_candidates(summaries: dict[Any, dict[str, Any]]) -> list[Any]:
+    """The keys of the committed runs whose loss-curve prefix ``make test`` recomputes: the cheapest pinned run
+    (:func:`recheck_candidate`) and the cheapest pinned run with a circuit (``quantum_backend`` set), if it is
+    another; an empty list if no run is pinned. The cost ranking is :func:`recompute_cost_s`."""
+    first = recheck_candidate(summaries)
+    if first is None:
+        return []
+    circuits = recheck_candidate({k: s for k, s in summaries.items() if s.get("quantum_backend")})
+    return [first] + ([circuits] if circuits is not None and circuits != first else [])
+
+
+#: The windows of a committed loss curve that the prefix re-check recomputes (a committed 2000-step run has 100
+#: windows of 20 steps: 10 windows are its first 200 steps).
+PREFIX_WINDOWS = 10
+
+
+def window_means(values: list[float], width: int) -> list[list[float]]:
+    """``[[step, mean of the losses of the window ending at step], ...]`` over consecutive windows of ``width``
+    steps (the last may be shorter): the committed ``loss_curve`` of a run, whose ``width`` is ``ceil(steps /
+    100)``. The mean is ``sum(window) / len(window)`` in Python floats, so that a recomputation can equal it."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width {width!r}: expected a positive integer")
+    out = []
+    for start in range(0, len(values), width):
+        window = values[start : start + width]
+        out.append([start + len(window), sum(window) / len(window)])
+    return out
+
+
+def prefix_steps(summary: dict[str, Any], windows: int = PREFIX_WINDOWS) -> int:
+    """The optimiser steps that the first ``windows`` windows of ``summary``'s committed loss curve cover."""
+    curve = summary["loss_curve"]
+    if not 1 <= windows <= len(curve):
+        raise ValueError(f"windows {windows!r}: the committed loss curve has {len(curve)}")
+    return int(curve[windows - 1][0])
+
+
+def prefix_differences(ref: dict[str, Any], losses: list[float], mode: str = "exact",
+                       windows: int = PREFIX_WINDOWS) -> list[str]:
+    """What differs between the first ``windows`` windows of ``ref``'s committed loss curve and those of the
+    recomputed per-step ``losses``, which must cover :func:`prefix_steps` (empty: they agree).
+
+    ``exact``: every window mean equal. ``tolerance`` (another platform, see :func:`recheck_mode`): each within
+    :data:`RECHECK_FINAL_LOSS_RTOL` relative difference, as the final loss of the full re-check.
+    """
+    check_choice("re-check mode", mode, RECHECK_MODES)
+    curve = ref["loss_curve"][:windows]
+    width = int(curve[0][0])
+    steps = prefix_steps(ref, windows)
+    if len(losses) < steps:
+        return [f"{len(losses)} losses recomputed; the first {windows} windows need {steps}"]
+    got = window_means(list(losses[:steps]), width)
+    problems = []
+    for (step, have), (want_step, want) in zip(got, curve, strict=True):
+        if step != want_step:
+            problems.append(f"window ending at step {step} where the committed one ends at {want_step}")
+        elif mode == "exact" and have != want:
+            problems.append(f"loss window ending at step {step}: {have!r} != {want!r}")
+        elif mode == "tolerance" and not abs(have - want) <= RECHECK_FINAL_LOSS_RTOL * abs(want):
+            problems.append(f"loss window ending at step {step}: {have:.5g} vs {want:.5g} (relative difference "
+                            f"> {RECHECK_FINAL_LOSS_RTOL})")
+    return problems
 
 
 #: How the re-check compares: ``exact`` (every number equal: a pinned run recomputed by a pinned process on an

@@ -69,6 +69,7 @@ from qdiff_lib.recheck import (  # noqa: F401
     recheck_differences,
     recheck_mode,
     recompute_cost_s,
+    window_means,
 )
 
 __all__ = [
@@ -104,15 +105,7 @@ def results_dir(profile_name: str, study: str, root: str | os.PathLike | None = 
 
 def _downsample(values: list[float], points: int = 100) -> list[list[float]]:
     """[[step, mean loss over the window ending at step], ...], at most ``points`` windows."""
-    n = len(values)
-    if n == 0:
-        return []
-    width = max(1, -(-n // points))
-    out = []
-    for start in range(0, n, width):
-        window = values[start : start + width]
-        out.append([start + len(window), sum(window) / len(window)])
-    return out
+    return window_means(values, max(1, -(-len(values) // points)))
 
 
 def _summary(record: dict[str, Any], command: str) -> dict[str, Any]:

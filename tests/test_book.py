@@ -39,8 +39,18 @@ def test_make_test_validates_every_toc_notebook():
     for nb in NOTEBOOKS:
         assert Path(nb).name in nbval_lines[0].split(), f"{nb} is not validated by make test"
     assert "jupyter-book build . -W -n --keep-going" in out
-    unit = r"pytest -q -n \d+ --dist loadfile (?:--durations=\d+ )?tests"
+    unit = r"pytest -q -n \d+ --dist loadfile (?:--durations=\d+ )?-m \"not full_recheck\" tests"
     assert re.search(unit, out), "make test runs the unit tests"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_ci_runs_make_test_and_the_full_recheck():
+    """CI's entry point runs make test and then the end-to-end re-check that make test leaves out."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "make recheck" in ci
+    out = subprocess.run(["make", "-n", "recheck", "VENV=" + str(Path(sys.executable).parent.parent)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"pytest -q -m full_recheck tests/test_study.py", out)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)

@@ -1,10 +1,13 @@
-"""Tests of qdiff_lib.study (grids, run keys, resume, result files) and the CI re-check of a committed full run.
+"""Tests of qdiff_lib.study (grids, run keys, resume, result files) and the CI re-checks of committed full runs.
 
-The re-check (:func:`test_committed_full_run_is_reproduced`) recomputes the cheapest committed full-profile run
-produced under the pinned numerics (:func:`qdiff_lib.study.recheck_candidate`) from its recorded options and
-compares it with the committed file, exactly where this machine runs the pinned numerics and within a stated
-statistical tolerance elsewhere (:func:`qdiff_lib.study.recheck_differences`): the numbers the book's verdicts rest
-on are re-derived in every CI run.
+Two re-checks recompute committed full-profile runs produced under the pinned numerics from their recorded options,
+exactly where this machine runs the pinned numerics and within stated tolerances elsewhere:
+
+- :func:`test_committed_run_prefixes_are_reproduced` (``make test``): the first windows of the loss curves of the
+  cheapest pinned run and of the cheapest pinned run with a circuit (:func:`qdiff_lib.recheck.prefix_candidates`);
+- :func:`test_committed_full_run_is_reproduced` (marker ``full_recheck``: ``make recheck``, which CI runs after
+  ``make test``): the cheapest pinned run end to end, training, sampling and scoring, every number compared
+  (:func:`qdiff_lib.study.recheck_differences`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from qdiff_lib import REPO_ROOT, cli, data, experiment, grids, numerics, study
+from qdiff_lib import REPO_ROOT, cli, data, experiment, grids, numerics, recheck, study
 from qdiff_lib.study import ARMS, PROFILES, STUDIES, arm_options, load_results, run_key, run_one, study_runs
 
 #: Expected number of runs per (study, profile): digits x arms x seeds, cases x arms x seeds, N x arms x seeds, ...
@@ -381,6 +384,58 @@ def test_recheck_exact_mode_catches_one_changed_number():
         study.recheck_differences(ref, ref, "approximate")
 
 
+def test_window_means_is_the_committed_loss_curve_arithmetic():
+    values = [0.1 * k + 1e-17 * k * k for k in range(1, 48)]
+    assert study._downsample(values) == recheck.window_means(values, 1)
+    assert study._downsample(values, points=10) == recheck.window_means(values, 5)
+    assert recheck.window_means([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [[2, 1.5], [4, 3.5], [5, 5.0]]
+    with pytest.raises(ValueError, match="width 0"):
+        recheck.window_means(values, 0)
+
+
+def test_prefix_candidates_are_the_cheapest_run_and_the_cheapest_circuit_run():
+    cheap, circuit, dear = (_summary_for_recheck(per_step_s=t) for t in (0.1, 0.3, 0.5))
+    circuit["quantum_backend"] = dear["quantum_backend"] = "mps"
+    old = {**_summary_for_recheck(per_step_s=0.01, pinned=False), "quantum_backend": "mps"}
+    assert recheck.prefix_candidates({"c": cheap, "q": circuit, "d": dear, "old": old}) == ["c", "q"]
+    assert recheck.prefix_candidates({"q": circuit, "d": dear}) == ["q"]  # the cheapest has a circuit: one run
+    assert recheck.prefix_candidates({"c": cheap}) == ["c"]
+    assert recheck.prefix_candidates({"old": old}) == []
+
+
+def test_prefix_differences_catch_one_changed_loss():
+    losses = [1.0 / k for k in range(1, 101)]
+    ref = {"loss_curve": study._downsample(losses + [0.01] * 900)}  # a 1000-step run: windows of 10 steps
+    assert recheck.prefix_steps(ref, 3) == 30
+    assert recheck.prefix_differences(ref, losses, windows=3) == []
+    assert recheck.prefix_differences(ref, losses[:30], windows=3) == []
+    assert recheck.prefix_differences(ref, losses[:29], windows=3) == ["29 losses recomputed; the first 3 windows "
+                                                                       "need 30"]
+    bent = list(losses)
+    bent[17] *= 1 + 1e-12  # one step, in its 12th digit
+    assert [p.split(":")[0] for p in recheck.prefix_differences(ref, bent, windows=3)] == [
+        "loss window ending at step 20"]
+    assert recheck.prefix_differences(ref, bent, "tolerance", windows=3) == []
+    far = [v * 1.2 for v in losses]
+    assert len(recheck.prefix_differences(ref, far, "tolerance", windows=3)) == 3
+    with pytest.raises(ValueError, match="the committed loss curve has 100"):
+        recheck.prefix_steps(ref, 101)
+    with pytest.raises(ValueError, match="allowed: \\['exact', 'tolerance'\\]"):
+        recheck.prefix_differences(ref, losses, "approximate")
+
+
+@pytest.mark.parametrize("arm", ["se", "quantum_rzry"])
+def test_training_losses_are_the_first_losses_of_the_run(arm, tmp_path):
+    """The prefix re-check's recomputation is the run's own training: its losses equal those of run()."""
+    options = arm_options(arm, dataset="mnist", label=3, n_train=8, seed=2, steps=7, n_samples=2, n_ref=8,
+                          n_qubits=4, sample_steps=2, metrics=False, device="cpu")
+    record = experiment.run(options, tmp_path / arm, progress=False)
+    assert experiment.training_losses(options, 4) == record["loss_history"][:4]
+    assert experiment.training_losses(options, 7) == record["loss_history"]
+    with pytest.raises(ValueError, match="steps 8: expected an integer in 1..7"):
+        experiment.training_losses(options, 8)
+
+
 def test_recheck_tolerance_mode_compares_as_another_draw():
     ref = _summary_for_recheck()
     near = _summary_for_recheck(kid={"mean": 150.0, "se": 10.0}, fid={"mean": 90.0})  # 3.5 combined se; fid: no se
@@ -414,6 +469,7 @@ def test_committed_full_results_are_consistent():
 
 
 @pytest.mark.slow
+@pytest.mark.full_recheck
 def test_committed_full_run_is_reproduced(tmp_path, capsys):
     """Recompute the cheapest committed full-profile run produced under the pinned numerics and compare it with its
     committed file: exactly where this process runs the pinned numerics (any x86-64 CPU with AVX2), within the
@@ -443,3 +499,30 @@ def test_committed_full_run_is_reproduced(tmp_path, capsys):
         torch.set_num_threads(threads)
     problems = study.recheck_differences(ref, got, mode)
     assert not problems, f"{path.name} ({mode} re-check):\n" + "\n".join(problems)
+
+
+def test_committed_run_prefixes_are_reproduced(capsys):
+    """Recompute the first :data:`~qdiff_lib.recheck.PREFIX_WINDOWS` loss-curve windows of the cheapest pinned
+    committed run and of the cheapest pinned committed run with a circuit, and compare them with the committed
+    curves: exactly where this process runs the pinned numerics, within a relative tolerance elsewhere. Recomputed
+    on the CPU with the torch threads each run recorded. Never skipped: with no pinned run committed, it fails."""
+    files = _committed_full_runs()
+    committed = {p: json.loads(p.read_text()) for p in files}
+    paths = recheck.prefix_candidates(committed)
+    assert paths, f"none of the {len(files)} committed full-profile runs under results/full/ is pinned"
+    threads = torch.get_num_threads()
+    failures = []
+    try:
+        for path in paths:
+            ref = committed[path]
+            mode = study.recheck_mode(ref)
+            steps = recheck.prefix_steps(ref)
+            with capsys.disabled():
+                print(f"\nprefix re-check of {path.parent.name}/{path.name}: first {steps} steps, {mode} comparison")
+            torch.set_num_threads(ref["numerics"]["torch_threads"])
+            options = dataclasses.replace(cli.RunOptions(**ref["options"]), device="cpu")
+            problems = recheck.prefix_differences(ref, experiment.training_losses(options, steps), mode)
+            failures += [f"{path.name} ({mode}): {p}" for p in problems]
+    finally:
+        torch.set_num_threads(threads)
+    assert not failures, "\n".join(failures)
