@@ -10,7 +10,11 @@ class consistency of samples.
 Training is deterministic (seeded initialisation and shuffling, CPU) and quick (a few minutes at most on two
 cores). The trained weights are cached outside git in ``$QDIFF_CACHE_DIR`` or ``~/.cache/qdiff_lib``, in a file
 named after the dataset and a hash of the training recipe, written atomically; the test accuracy travels with
-the weights. Command line::
+the weights.
+
+An optional training-time augmentation (:data:`AUGMENTATIONS`: flips, the eight symmetries of the square, small
+translations) can be chosen in the recipe; the default is none. Which datasets use which recipe is decided in
+:func:`recipe_for`; ``tools/classifier_accuracy.py`` measures the test accuracy of each choice. Command line::
 
     python -m qdiff_lib.classifier --dataset mnist     # trains (or loads) and prints the test accuracy
 """
@@ -30,11 +34,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qdiff_lib import data, numerics
+from qdiff_lib._checks import check_choice
 from qdiff_lib._io import atomic_write
 from qdiff_lib.data import cache_dir
 
 __all__ = [
+    "AUGMENTATIONS",
+    "SHIFT_PIXELS",
     "ClassifierRecipe",
+    "augment_batch",
     "SmallCNN",
     "FeatureExtractor",
     "TrainedClassifier",
@@ -54,13 +62,30 @@ TRAIN_THREADS = 2
 #: split on disk (offline PathMNIST: only a 1000-image subset of the training split exists).
 HOLDOUT_FRACTION = 0.2
 
+#: Training-time augmentations a recipe may name, each drawn independently per image and per step:
+#: ``hflip`` mirrors left-right with probability 1/2; ``flips`` also mirrors top-bottom (independently);
+#: ``dihedral`` applies one of the eight symmetries of the square (flips, transposition, 90-degree rotations), all
+#: equally likely; ``shift`` translates by up to :data:`SHIFT_PIXELS` pixels in each direction (uniform integers,
+#: edge pixels replicated into the vacated border). ``+`` combines a symmetry with the shift (symmetry first).
+#: Every augmentation only moves pixels, so images keep their shape and their values.
+AUGMENTATIONS = ("none", "hflip", "flips", "dihedral", "shift", "hflip+shift", "flips+shift", "dihedral+shift")
+
+#: Largest translation of the ``shift`` augmentation, in pixels (of 28). Part of the meaning of the name ``shift``:
+#: changing it would change cached weights under an unchanged hash, so give a new value a new name instead.
+SHIFT_PIXELS = 2
+
+#: Recipe fields added after cached weights existed, with the value that reproduces the earlier training. A field at
+#: that value is left out of the hash, so that recipes which existed before the field keep their hash (and cache).
+_HASH_NEUTRAL = {"augment": "none"}
+
 
 @dataclass(frozen=True)
 class ClassifierRecipe:
     """Everything that determines the trained weights; its hash names the cache file.
 
     Training runs ``max(epochs, ceil(min_steps / steps_per_epoch))`` epochs, so that small datasets
-    (BreastMNIST: 546 images) still get enough optimiser steps.
+    (BreastMNIST: 546 images) still get enough optimiser steps. ``augment`` (one of :data:`AUGMENTATIONS`)
+    transforms each training minibatch (never the test images), with draws from the seeded training generator.
     """
 
     epochs: int = 3
@@ -72,14 +97,65 @@ class ClassifierRecipe:
     n_features: int = 128
     seed: int = 0
     version: int = 1  # bump when the architecture or the training loop changes
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        check_choice("augmentation", self.augment, AUGMENTATIONS)
 
     def hash(self, extra: str = "") -> str:
-        text = json.dumps(asdict(self), sort_keys=True) + extra
+        """12 hex digits of the sha256 of the recipe's fields (and ``extra``); fields at their
+        :data:`_HASH_NEUTRAL` value are left out, so adding such a field kept every earlier hash."""
+        fields = {k: v for k, v in asdict(self).items() if not (k in _HASH_NEUTRAL and v == _HASH_NEUTRAL[k])}
+        text = json.dumps(fields, sort_keys=True) + extra
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _dihedral(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
+    """Random flips (``hflip``, ``flips``) or symmetries of the square (``dihedral``) of ``(B, C, H, W)``."""
+    n = len(x)
+    # transpose, left-right, top-bottom: the three bits generate the dihedral group D4 (8 elements, each 1/8).
+    n_bits = {"hflip": 1, "flips": 2, "dihedral": 3}[kind]
+    bits = torch.randint(0, 2, (n, n_bits), generator=g).bool()[:, :, None, None, None]
+    if kind == "dihedral":
+        x = torch.where(bits[:, 2], x.transpose(-1, -2), x)
+    x = torch.where(bits[:, 0], x.flip(-1), x)
+    if n_bits >= 2:
+        x = torch.where(bits[:, 1], x.flip(-2), x)
+    return x
+
+
+def _shift(x: torch.Tensor, g: torch.Generator, pixels: int = SHIFT_PIXELS) -> torch.Tensor:
+    """Translate each image of ``(B, C, H, W)`` by ``(dy, dx)``, uniform integers in ``[-pixels, pixels]``;
+    the vacated border repeats the edge pixels."""
+    n, c, h, w = x.shape
+    d = torch.randint(-pixels, pixels + 1, (n, 2), generator=g)
+    padded = nn.functional.pad(x, (pixels,) * 4, mode="replicate")
+    # out[i, :, r, s] = x[i, :, r - dy, s - dx] (clamped to the edge through the replicated padding)
+    rows = torch.arange(h)[None, :] + pixels - d[:, :1]
+    cols = torch.arange(w)[None, :] + pixels - d[:, 1:]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
+    """``x`` ``(B, C, H, W)`` transformed by the augmentation ``augment`` (see :data:`AUGMENTATIONS`), each image
+    with its own draws from ``generator``; ``"none"`` returns ``x`` itself and draws nothing."""
+    check_choice("augmentation", augment, AUGMENTATIONS)
+    if x.ndim != 4:
+        raise ValueError(f"expected (B, C, H, W), got {tuple(x.shape)}")
+    if augment == "none":
+        return x
+    parts = augment.split("+")
+    if parts[0] != "shift":
+        x = _dihedral(x, parts[0], generator)
+    if parts[-1] == "shift":
+        x = _shift(x, generator)
+    return x
+
+
 def recipe_for(dataset: str) -> ClassifierRecipe:
-    """The training recipe used for ``dataset`` (the same for every dataset at present)."""
+    """The training recipe used for ``dataset`` (the same for every dataset at present, without augmentation;
+    changing a dataset's recipe changes its feature space and hence every metric measured in it)."""
     data.dataset_info(dataset)  # validates the name
     return ClassifierRecipe()
 
@@ -221,7 +297,8 @@ def train_classifier(
     """Train the classifier for ``dataset`` on CPU, deterministically from ``recipe.seed``, with
     :data:`TRAIN_THREADS` torch threads (restored afterwards); no caching.
 
-    Adam on the cross-entropy, minibatches of ``recipe.batch_size`` drawn by a seeded permutation each epoch.
+    Adam on the cross-entropy, minibatches of ``recipe.batch_size`` drawn by a seeded permutation each epoch,
+    each minibatch augmented by ``recipe.augment`` with draws from the same seeded generator.
     The caller's global RNG state is left unchanged (initialisation runs inside ``torch.random.fork_rng``).
     """
     recipe = recipe or recipe_for(dataset)
@@ -249,7 +326,8 @@ def _train(dataset: str, recipe: ClassifierRecipe, progress: bool) -> TrainedCla
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), recipe.batch_size):
             idx = perm[i : i + recipe.batch_size]
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            xb = augment_batch(x[idx], recipe.augment, g)
+            loss = nn.functional.cross_entropy(net(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -12,7 +12,17 @@ import torch
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from qdiff_lib import REPO_ROOT, classifier, data
-from qdiff_lib.classifier import ClassifierRecipe, SmallCNN, TrainedClassifier
+from qdiff_lib.classifier import (
+    AUGMENTATIONS,
+    SHIFT_PIXELS,
+    ClassifierRecipe,
+    SmallCNN,
+    TrainedClassifier,
+    augment_batch,
+)
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+from classifier_accuracy import mcnemar_p  # noqa: E402
 
 TINY = ClassifierRecipe(epochs=1, min_steps=0, batch_size=64)
 
@@ -102,3 +112,137 @@ def test_feature_extractor_works_as_torchmetrics_custom_feature():
     assert torch.isfinite(kid.compute()[0])
     with pytest.raises(ValueError, match=r"expected \(B, 3, 28, 28\), got \(2, 1, 28, 28\)"):
         clf.feature(torch.zeros(2, 1, 28, 28))
+
+
+# --- Recipe hash: cached weights and committed results are named by it ---------------------------------------------
+
+def test_default_recipe_keeps_the_hash_of_the_cached_weights():
+    """Adding fields (augment) must not rename the weights every committed metric was measured with."""
+    default = ClassifierRecipe()
+    assert default.hash() == "985c6a26d134"
+    # _cache_path's extra text: data source present (True/False) and numerics tag; these are the names on disk.
+    assert default.hash("True" + "pinned") == "d08fca33ec57"
+    assert default.hash("False" + "pinned") == "5d19c7ad12ff"
+    assert ClassifierRecipe(augment="none") == default
+
+
+def test_each_augmentation_has_its_own_hash():
+    hashes = {a: ClassifierRecipe(augment=a).hash() for a in AUGMENTATIONS}
+    assert len(set(hashes.values())) == len(AUGMENTATIONS)
+    assert hashes["none"] == ClassifierRecipe().hash()
+    assert ClassifierRecipe(augment="dihedral", min_steps=1800).hash() != ClassifierRecipe(augment="dihedral").hash()
+
+
+def test_unknown_augmentation_is_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match=r"unknown augmentation 'rotate'; allowed: \['none', 'hflip', .*'dihedral'"):
+        ClassifierRecipe(augment="rotate")
+    with pytest.raises(ValueError, match="'shift\\+dihedral'"):
+        augment_batch(torch.zeros(1, 1, 28, 28), "shift+dihedral", torch.Generator())
+
+
+def test_recipe_for_is_still_the_default_for_every_dataset():
+    for ds in ("mnist", "pathmnist", "pneumoniamnist", "retinamnist", "breastmnist"):
+        assert classifier.recipe_for(ds) == ClassifierRecipe()
+
+
+def test_weights_cached_before_the_augment_field_still_load(tmp_path):
+    """Payloads written before ``augment`` existed have no such key in their recipe."""
+    net = SmallCNN(1, 2)
+    recipe = {k: v for k, v in vars(ClassifierRecipe()).items() if k != "augment"}
+    payload = {"state_dict": net.state_dict(), "dataset": "breastmnist", "test_accuracy": 0.5, "test_split": "x",
+               "recipe": recipe, "n_channels": 1, "n_classes": 2}
+    torch.save(payload, tmp_path / "old.pt")
+    assert classifier._load(tmp_path / "old.pt").recipe == ClassifierRecipe()
+
+
+# --- Augmentation ----------------------------------------------------------------------------------------------------
+
+def _images(n: int = 256, c: int = 3) -> torch.Tensor:
+    return torch.rand(n, c, 28, 28, generator=torch.Generator().manual_seed(7)) * 2 - 1
+
+
+def _symmetries(img: torch.Tensor) -> list[torch.Tensor]:
+    """The eight images of ``img`` (C, H, W) under the symmetries of the square."""
+    rots = [torch.rot90(img, k, dims=(-2, -1)) for k in range(4)]
+    return rots + [r.flip(-1) for r in rots]
+
+
+def _which(out: torch.Tensor, candidates: list[torch.Tensor]) -> int:
+    matches = [i for i, c in enumerate(candidates) if torch.equal(out, c)]
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
+def test_augmentation_is_deterministic_for_a_seed_and_keeps_shape_and_values():
+    x = _images()
+    for a in AUGMENTATIONS[1:]:
+        one = augment_batch(x, a, torch.Generator().manual_seed(3))
+        assert torch.equal(one, augment_batch(x, a, torch.Generator().manual_seed(3))), a
+        assert not torch.equal(one, augment_batch(x, a, torch.Generator().manual_seed(4))), a
+        assert one.shape == x.shape and one.dtype == x.dtype, a
+        for i in (0, 100, 255):  # only moves pixels: every output value is a value of the same image
+            assert torch.isin(one[i], x[i]).all(), a
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    assert augment_batch(x, "none", g) is x
+    assert torch.equal(g.get_state(), state), "'none' must draw nothing (the default training is unchanged)"
+
+
+def test_hflip_mirrors_left_right_about_half_of_the_images():
+    x = torch.arange(28.0).expand(64, 1, 28, 28)  # a left-to-right ramp: a mirrored image is a descending ramp
+    out = augment_batch(x, "hflip", torch.Generator().manual_seed(0))
+    flipped = out[:, 0, 0, 0] == 27
+    assert all(torch.equal(o, x[0].flip(-1) if f else x[0]) for o, f in zip(out, flipped, strict=True))
+    assert 16 < int(flipped.sum()) < 48
+
+
+def test_flips_and_dihedral_reach_exactly_their_symmetries():
+    x = _images(400, 1)[:1].expand(400, 1, 28, 28)  # one asymmetric image, 400 draws
+    sym = _symmetries(x[0])
+    flips = [sym[0], sym[4], sym[6], sym[2]]  # identity, left-right, top-bottom, both (= rotation by 180)
+    seen = {_which(o, flips) for o in augment_batch(x, "flips", torch.Generator().manual_seed(0))}
+    assert seen == {0, 1, 2, 3}
+    counts = torch.bincount(torch.tensor([_which(o, sym) for o in
+                                          augment_batch(x, "dihedral", torch.Generator().manual_seed(0))]), minlength=8)
+    assert (counts > 20).all(), counts  # all eight, each about 1/8 of 400
+
+
+def test_shift_translates_by_at_most_shift_pixels_with_replicated_edges():
+    s = SHIFT_PIXELS
+    x = _images(200, 2)
+    out = augment_batch(x, "shift", torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (s,) * 4, mode="replicate")
+    shifts = []
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)
+                 if torch.equal(out[i], padded[i, :, s - dy : s - dy + 28, s - dx : s - dx + 28])]
+        assert len(found) == 1, (i, found)
+        shifts.append(found[0])
+    assert len(set(shifts)) == (2 * s + 1) ** 2  # every offset in range occurs
+    # explicit: a shift by (1, 2) moves pixel (5, 5) to (6, 7), and the vacated left columns repeat column 0
+    i = shifts.index((1, 2))
+    assert torch.equal(out[i, :, 6, 7], x[i, :, 5, 5])
+    assert torch.equal(out[i, :, 6, 0], x[i, :, 5, 0]) and torch.equal(out[i, :, 6, 1], x[i, :, 5, 0])
+
+
+def test_training_with_augmentation_is_deterministic_and_differs_from_plain(monkeypatch):
+    real = classifier._train_test
+
+    def small(dataset, recipe):  # 128 training images: two steps per training keep the test quick
+        x, y, xt, yt, desc = real(dataset, recipe)
+        return x[:128], y[:128], xt, yt, desc
+
+    monkeypatch.setattr(classifier, "_train_test", small)
+    aug = ClassifierRecipe(epochs=1, min_steps=0, batch_size=64, augment="dihedral+shift")
+    a = classifier.train_classifier("breastmnist", aug, progress=False)
+    b = classifier.train_classifier("breastmnist", aug, progress=False)
+    assert torch.equal(a.net.head.weight, b.net.head.weight)
+    plain = classifier.train_classifier("breastmnist", TINY, progress=False)
+    assert not torch.equal(a.net.head.weight, plain.net.head.weight)
+    assert a.recipe.augment == "dihedral+shift"
+
+
+def test_mcnemar_p_of_the_accuracy_tool():
+    assert mcnemar_p("1111", "1111") == 1.0
+    assert mcnemar_p("00000", "11111") == pytest.approx(2 / 32)  # 5 discordant, all one way
+    assert mcnemar_p("10" * 5, "01" * 5) == 1.0
