@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qdiff_lib._checks import check_choice
+from qdiff_lib.classifier import adopted_augment
 from qdiff_lib.experiment import KEY_NEUTRAL, RunOptions
 
 __all__ = ["ARMS", "MNIST_V1_ARMS", "MNIST16_ARMS", "SCALING16_ARMS", "MEDMNIST16_ARMS", "RELEASED16_ARMS",
@@ -66,9 +67,10 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # ci: every code path of a run (training with EMA warm-up and memory release, checkpoint, sampling, every metric)
-    # at the smallest budget; its numbers are not evidence. 50 steps, not 150, since issue 21 (make test on a slow
-    # machine): the chapters' ci runs took about 400 of make test's CPU-seconds.
-    "ci": Profile("ci", steps=50, seeds=(0,), n_samples=64, n_ref=200, n_qubits=8, sample_steps=20,
+    # at the smallest budget; its numbers are not evidence. 25 steps since issue 21 (make test on a slow machine; 150
+    # before, then 50): the chapters' ci runs took about 400 of make test's CPU-seconds at 150 steps. 25 steps still
+    # reach a memory release (qdiff_lib.train.RELEASE_EVERY) and the EMA warm-up; the checkpoint comes at the end.
+    "ci": Profile("ci", steps=25, seeds=(0,), n_samples=64, n_ref=200, n_qubits=8, sample_steps=20,
                   digits=(3,), scaling_n=(10, 100)),
     # n_ref=800: every MNIST digit has at least 892 test images. The first study used 8 qubits; the studies at the
     # paper's 16 (mnist16, ...) set n_qubits=PAPER_N_QUBITS in their own grids.
@@ -172,10 +174,14 @@ def _scaling16(p: Profile) -> list:
 
 
 def _medmnist16(p: Profile) -> list:
+    """Every MedMNIST case at the paper's width, scored by the classifier recipe adopted for its dataset
+    (:data:`qdiff_lib.classifier.ADOPTED_AUGMENT`, the run option ``classifier_augment``; in both profiles, so that
+    the ci profile takes the same code path wherever its case adopts one)."""
     cases = MEDMNIST_CASES if p.name == "full" else MEDMNIST_CASES[:1]
     n_ref = MEDMNIST_REFERENCE_CAP if p.name == "full" else p.n_ref
     return [arm_options(arm, dataset=ds, label=lab, n_train=64, seed=s,
-                        **{**_budget(p), "n_qubits": _width(p), "n_ref": n_ref, "reference_pool": "held_out"})
+                        **{**_budget(p), "n_qubits": _width(p), "n_ref": n_ref, "reference_pool": "held_out",
+                           "classifier_augment": adopted_augment(ds)})
             for s in p.seeds for ds, lab in cases for arm in MEDMNIST16_ARMS]
 
 

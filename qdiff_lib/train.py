@@ -62,8 +62,9 @@ __all__ = [
 #: Optimiser steps when neither ``steps`` nor ``epochs`` is given (the authors' later fixed budget).
 DEFAULT_STEPS = 2000
 CHECKPOINT_NAME = "checkpoint.pt"
-#: Optimiser steps between calls of :func:`qdiff_lib._memory.release_memory` (a few milliseconds each).
-RELEASE_EVERY = 50
+#: Optimiser steps between calls of :func:`qdiff_lib._memory.release_memory` (a few milliseconds each; no effect on
+#: any number). At most the ci profile's steps, so that every ci run exercises it.
+RELEASE_EVERY = 25
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:

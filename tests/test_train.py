@@ -322,3 +322,11 @@ def test_ema_warmup_schedule_and_effect():
     assert ema_initial_share(150, 0.999) < 1e-10
     with pytest.raises(ValueError, match="ema_warmup must be True or False"):
         TrainConfig(ema_warmup="yes")
+
+
+def test_every_ci_run_reaches_a_memory_release():
+    """The ci profile exists to exercise every code path of a run, the periodic memory release included."""
+    from qdiff_lib import train as train_module
+    from qdiff_lib.grids import PROFILES
+
+    assert train_module.RELEASE_EVERY <= PROFILES["ci"].steps
