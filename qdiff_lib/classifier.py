@@ -13,10 +13,14 @@ named after the dataset and a hash of the training recipe, written atomically; t
 the weights.
 
 An optional training-time augmentation (:data:`AUGMENTATIONS`: flips, the eight symmetries of the square, small
-translations) can be chosen in the recipe; the default is none. Which datasets use which recipe is decided in
-:func:`recipe_for`; ``tools/classifier_accuracy.py`` measures the test accuracy of each choice. Command line::
+translations) can be chosen in the recipe; the default is none. A run chooses it with its option
+``classifier_augment`` (:class:`qdiff_lib.experiment.RunOptions`), which :func:`get_classifier` and every metric
+receive. Which augmentation a dataset adopts, and on what evidence, is decided in :mod:`qdiff_lib.classifier_choice`
+(:data:`~qdiff_lib.classifier_choice.ADOPTED_AUGMENT`), which the studies planned after the measurement use
+(:func:`qdiff_lib.grids._medmnist16`). Runs scored before keep the default recipe. Command line::
 
     python -m qdiff_lib.classifier --dataset mnist     # trains (or loads) and prints the test accuracy
+    python -m qdiff_lib.classifier --dataset retinamnist --augment flips
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ __all__ = [
     "recipe_for",
     "train_classifier",
     "get_classifier",
+    "weights_sha256",
+    "classifier_record",
 ]
 
 #: Torch threads a classifier is trained with, whatever the caller's setting. CPU results depend on the thread
@@ -153,11 +159,13 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> 
     return x
 
 
-def recipe_for(dataset: str) -> ClassifierRecipe:
-    """The training recipe used for ``dataset`` (the same for every dataset at present, without augmentation;
-    changing a dataset's recipe changes its feature space and hence every metric measured in it)."""
+def recipe_for(dataset: str, augment: str = "none") -> ClassifierRecipe:
+    """The training recipe of ``dataset``'s classifier with the training-time augmentation ``augment`` (one of
+    :data:`AUGMENTATIONS`; default none: the recipe of every run scored before augmentations existed). Every other
+    field is the same for every dataset. Changing a dataset's recipe changes its feature space and hence every
+    metric measured in it, so a run names its recipe (its option ``classifier_augment``)."""
     data.dataset_info(dataset)  # validates the name
-    return ClassifierRecipe()
+    return ClassifierRecipe(augment=augment)
 
 
 class SmallCNN(nn.Module):
@@ -374,14 +382,17 @@ def _load(path: Path) -> TrainedClassifier:
     return TrainedClassifier(net, payload["dataset"], payload["test_accuracy"], payload["test_split"], recipe)
 
 
-def get_classifier(dataset: str, device: str | torch.device = "cpu", progress: bool = True) -> TrainedClassifier:
-    """The trained classifier of ``dataset``: loaded from the cache, or trained now (on CPU) and cached.
+def get_classifier(dataset: str, device: str | torch.device = "cpu", progress: bool = True,
+                   augment: str = "none") -> TrainedClassifier:
+    """The trained classifier of ``dataset`` with the recipe :func:`recipe_for` ``(dataset, augment)``: loaded from
+    the cache, or trained now (on CPU) and cached (a classifier with augmentation takes about five minutes on two
+    cores the first time).
 
     Returns a :class:`TrainedClassifier` on ``device``; ``.test_accuracy`` and ``.test_split`` say how good
-    it is and on what; ``.feature`` is the feature extractor for torchmetrics.
+    it is and on what; ``.recipe`` how it was trained; ``.feature`` is the feature extractor for torchmetrics.
     """
     dataset = data.dataset_info(dataset).name
-    recipe = recipe_for(dataset)
+    recipe = recipe_for(dataset, augment)
     path = _cache_path(dataset, recipe)
     if not path.exists():
         _save(train_classifier(dataset, recipe, progress=progress), path)
@@ -390,13 +401,32 @@ def get_classifier(dataset: str, device: str | torch.device = "cpu", progress: b
     return _load(path).to(device)
 
 
+def weights_sha256(clf: TrainedClassifier) -> str:
+    """A checksum of a classifier's weights (every tensor of its state, in order, as raw bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in clf.net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def classifier_record(clf: TrainedClassifier) -> dict:
+    """Which classifier scored a number: ``{"file"`` (its cache file, named by dataset and recipe hash),
+    ``"sha256"`` (:func:`weights_sha256`), ``"augment"`` (the recipe's training augmentation), ``"test_accuracy"``,
+    ``"test_split"}``."""
+    return {"file": _cache_path(clf.dataset, clf.recipe).name, "sha256": weights_sha256(clf),
+            "augment": clf.recipe.augment, "test_accuracy": clf.test_accuracy, "test_split": clf.test_split}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m qdiff_lib.classifier", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=data.DATASETS)
+    parser.add_argument("--augment", default="none", choices=AUGMENTATIONS,
+                        help="training-time augmentation of the recipe (default: %(default)s)")
     parser.add_argument("--retrain", action="store_true", help="train even if a cached classifier exists")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    recipe = recipe_for(args.dataset)
+    recipe = recipe_for(args.dataset, args.augment)
     path = _cache_path(args.dataset, recipe)
     if args.retrain or not path.exists():
         _save(train_classifier(args.dataset, recipe, progress=not args.no_progress), path)

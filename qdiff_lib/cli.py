@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from qdiff_lib import numerics, rescore, study
+from qdiff_lib.classifier import AUGMENTATIONS
 from qdiff_lib.experiment import (
     CHECKPOINT_DIR,
     KEY_NEUTRAL,
@@ -99,6 +100,11 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
                    help="redraws of every sample, at least 2 (default: qdiff_lib.metrics.calibrate.DRAWS)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of every draw (default: qdiff_lib.metrics.calibrate.SEED)")
+    p.add_argument("--classifier-augment", default=None, choices=AUGMENTATIONS,
+                   help="only the files of the classifier trained with this augmentation, "
+                        "<dataset>-l<label>+<augment>.json (none: the default classifier's <dataset>-l<label>.json), "
+                        "for every selected class whether or not a study uses it (default: every classifier the "
+                        "studies' runs of each class use, qdiff_lib.classifier_choice.ADOPTED_AUGMENT)")
     p.add_argument("--out", type=Path, default=None, help="folder of the files (default: results/calibration)")
     p.add_argument("--force", action="store_true", help="recompute the classes whose file exists")
     p.add_argument("--list", action="store_true", help="list the classes, their sizes and whether each is done")

@@ -152,6 +152,12 @@ def _quantum_backends() -> tuple[str, ...]:
     return BACKENDS
 
 
+def _augmentations() -> tuple[str, ...]:
+    from qdiff_lib.classifier import AUGMENTATIONS
+
+    return AUGMENTATIONS
+
+
 _DATA, _MODEL, _DIFFUSION, _TRAINING, _SAMPLING = "data", "model", "diffusion", "training", "sampling and metrics"
 
 
@@ -224,6 +230,13 @@ class RunOptions:
         "", group=_SAMPLING, key_neutral=True, show_default=False,
         help="comma-separated optimiser steps before the last at which the EMA model is also sampled and scored, "
              "e.g. 1000,2000,5000: a convergence curve from one run (result.json: metrics_at, samples_at)")
+    classifier_augment: str = option(
+        "none", group=_SAMPLING, choices=_augmentations, key_neutral=True,
+        help="training-time augmentation of the classifier whose features and predictions define every metric "
+             "(qdiff_lib.classifier.AUGMENTATIONS; none: the classifier of every run scored before the option "
+             "existed). The calibration of the normalised KID must use the same classifier: results/calibration/"
+             "<dataset>-l<label>+<augment>.json. The studies choose qdiff_lib.classifier_choice.ADOPTED_AUGMENT where "
+             "their runs were planned after it")
 
     def score_steps(self) -> tuple[int, ...]:
         """The steps of ``score_at``, sorted (ValueError for anything but positive integers)."""
@@ -263,6 +276,7 @@ class RunOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("classifier augmentation", self.classifier_augment, _augmentations())
         if self.sampler == "ddim" and self.sample_steps is not None and not 1 <= self.sample_steps <= self.timesteps:
             raise ValueError(f"sample-steps must lie in 1..{self.timesteps} (the timesteps), got {self.sample_steps}")
         if self.sampler == "ddpm" and self.sample_steps not in (None, self.timesteps):
@@ -481,7 +495,7 @@ class PreparedRun:
         from qdiff_lib.metrics import evaluate
 
         return evaluate(samples, self.options.dataset, self.options.label, self.images, reference=self.reference,
-                        seed=self.options.seed, device=self.device)
+                        seed=self.options.seed, device=self.device, classifier_augment=self.options.classifier_augment)
 
     def execute(self, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
         """Train, sample, score; write ``result.json`` and ``samples.npz``; return the content of ``result.json``."""

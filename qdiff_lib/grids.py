@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qdiff_lib._checks import check_choice
-from qdiff_lib.classifier import adopted_augment
+from qdiff_lib.classifier_choice import adopted_augment
 from qdiff_lib.experiment import KEY_NEUTRAL, RunOptions
 
 __all__ = ["ARMS", "MNIST_V1_ARMS", "MNIST16_ARMS", "SCALING16_ARMS", "MEDMNIST16_ARMS", "RELEASED16_ARMS",
@@ -175,8 +175,8 @@ def _scaling16(p: Profile) -> list:
 
 def _medmnist16(p: Profile) -> list:
     """Every MedMNIST case at the paper's width, scored by the classifier recipe adopted for its dataset
-    (:data:`qdiff_lib.classifier.ADOPTED_AUGMENT`, the run option ``classifier_augment``; in both profiles, so that
-    the ci profile takes the same code path wherever its case adopts one)."""
+    (:data:`qdiff_lib.classifier_choice.ADOPTED_AUGMENT`, the run option ``classifier_augment``; in both profiles, so
+    that the ci profile takes the same code path wherever its case adopts one)."""
     cases = MEDMNIST_CASES if p.name == "full" else MEDMNIST_CASES[:1]
     n_ref = MEDMNIST_REFERENCE_CAP if p.name == "full" else p.n_ref
     return [arm_options(arm, dataset=ds, label=lab, n_train=64, seed=s,

@@ -5,10 +5,11 @@ their shape and sha256 (:func:`qdiff_lib.experiment.samples_record`) and the ver
 them (:data:`qdiff_lib.metrics.METRICS_VERSION`). When the metrics change, ``python -m qdiff_lib study --rescore``
 (:func:`rescore_study`) loads each finished run's samples, checks them against the checksum, recomputes
 :func:`qdiff_lib.metrics.evaluate` against the same training and reference images (redrawn from the run's options,
-as :func:`qdiff_lib.data.few_shot_split` is deterministic) and writes the new ``metrics``, ``metrics_version``,
-``n_reference`` and a ``rescored`` record (commit, versions, numerics, time, command) into the summary, and into
-the run folder's ``result.json``. Everything a run's training produced (options, loss curve, final loss, timings,
-preview, the commit that trained it) stays as it was.
+as :func:`qdiff_lib.data.few_shot_split` is deterministic) with the classifier its options name
+(``classifier_augment``; summaries written before the option existed: the default classifier), and writes the new
+``metrics``, ``metrics_version``, ``n_reference`` and a ``rescored`` record (commit, versions, numerics, time,
+command) into the summary, and into the run folder's ``result.json``. Everything a run's training produced (options,
+loss curve, final loss, timings, preview, the commit that trained it) stays as it was.
 
 A run whose samples are not on this machine (the study computed elsewhere, or committed before samples were kept)
 cannot be rescored: it is reported by name with the reason, the others are rescored, and the command exits with
@@ -93,7 +94,7 @@ def rescore_summary(summary: dict[str, Any], run_dir: str | os.PathLike, device:
 
     def score(array: np.ndarray) -> dict[str, Any]:
         return evaluate(torch.from_numpy(array), options.dataset, options.label, images, reference=reference,
-                        seed=options.seed, device=device)
+                        seed=options.seed, device=device, classifier_augment=options.classifier_augment)
 
     metrics = score(samples)
     intermediate = {step: score(load_samples(run_dir, record)) for step, record in

@@ -288,6 +288,8 @@ def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
         "arm": arm_of(o),
         "schedule": o["schedule"], "noise": o["noise"], "steps": o["steps"], "n_qubits": o["n_qubits"],
         "n_samples": o["n_samples"], "final_loss": summary["final_loss"],
+        # the classifier whose feature space scored the run (absent from summaries written before the option)
+        "classifier_augment": o.get("classifier_augment", "none"),
         "train_s": summary["timings"]["train_s"], "device": summary["device"], "pinned": is_pinned(summary),
     }
     for name, value in summary["metrics"].items():

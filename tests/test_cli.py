@@ -70,7 +70,29 @@ def test_options_are_generated_from_the_run_options():
     assert o.train_config() == TrainConfig(**{f.name: getattr(o, f.name) for f in dataclasses.fields(TrainConfig)})
     assert o.train_config().noise_kwargs is not o.noise_kwargs
     assert experiment.KEY_NEUTRAL == {"freeze_squeeze": False, "freeze_circuit": False, "quantum_backend": "auto",
-                                     "reference_pool": "test", "score_at": ""}
+                                     "reference_pool": "test", "score_at": "", "classifier_augment": "none"}
+
+
+def test_the_classifier_augmentation_round_trips_through_the_command_line(capsys):
+    from qdiff_lib.classifier import AUGMENTATIONS
+
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    action = next(a for a in run_parser._actions if a.dest == "classifier_augment")
+    assert action.option_strings == ["--classifier-augment"] and tuple(action.choices) == AUGMENTATIONS
+    assert action.container.title == "sampling and metrics"
+    for value in AUGMENTATIONS:
+        options = experiment.options_from_args(run_parser.parse_args(["--out", "x", "--classifier-augment", value]))
+        assert options.classifier_augment == value
+        options.validate()
+    assert experiment.options_from_args(run_parser.parse_args(["--out", "x"])).classifier_augment == "none"
+    with pytest.raises(SystemExit):
+        run_parser.parse_args(["--out", "x", "--classifier-augment", "rotate"])
+    assert "invalid choice: 'rotate'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown classifier augmentation 'rotate'"):
+        RunOptions(classifier_augment="rotate").validate()
+    calibrate = build_parser()._subparsers._group_actions[0].choices["calibrate"]
+    assert calibrate.parse_args(["--classifier-augment", "flips"]).classifier_augment == "flips"
+    assert calibrate.parse_args([]).classifier_augment is None
 
 
 def test_run_writes_result_and_samples_and_refuses_to_overwrite(tmp_path, capsys):
@@ -171,3 +193,15 @@ def test_forty_qubits_run_on_the_exact_tensor_network_and_an_impossible_width_sa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "not enough memory" in err and "832.0 TiB" in err and "(4.0 GiB)" in err  # batch 4
+
+
+def test_a_run_scores_its_samples_with_the_classifier_it_names(tmp_path, monkeypatch):
+    from qdiff_lib import metrics
+
+    seen = []
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **kw: seen.append(kw["classifier_augment"]) or {})
+    args = build_parser().parse_args([*TINY, "--out", str(tmp_path / "r"), "--classifier-augment", "flips"])
+    prepared = experiment.prepare(experiment.options_from_args(args), args.out)
+    prepared.options.metrics = True
+    prepared.score(np.zeros((3, 1, 28, 28), dtype=np.float32))
+    assert seen == ["flips"]

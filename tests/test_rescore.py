@@ -201,3 +201,22 @@ def test_rescore_stamps_every_run_with_the_state_before_its_own_writes(tmp_path,
     report = rescore.rescore_study("tiny2", "ci", root=results, runs_root=runs, progress=False)
     assert len(report.rescored) == 2
     assert [json.loads(p.read_text())["rescored"]["git_dirty"] for p in sorted(out.glob("*.json"))] == [False, False]
+
+
+def test_rescore_scores_with_the_classifier_the_run_names(finished, monkeypatch):
+    """The run's option ``classifier_augment`` reaches evaluate (summaries written before the option existed: the
+    default classifier), so that a rescored run keeps its feature space."""
+    key, path, runs, _ = finished
+    original = json.loads(path.read_text())
+    seen = []
+
+    def fake_evaluate(samples, dataset, label, images, **kw):
+        seen.append(kw["classifier_augment"])
+        return {"kid": {"mean": 0.0}}
+
+    monkeypatch.setattr(metrics, "evaluate", fake_evaluate)
+    flips = {**original, "options": {**original["options"], "classifier_augment": "flips"}}
+    assert rescore.rescore_summary(flips, runs / key)["metrics"] == {"kid": {"mean": 0.0}}
+    older = {**original, "options": {k: v for k, v in original["options"].items() if k != "classifier_augment"}}
+    rescore.rescore_summary(older, runs / key)
+    assert seen == ["flips", "none"]

@@ -24,9 +24,11 @@ def _summary(mean: float, std: float = 0.5) -> dict:
     return {"mean": mean, "std": std, "q05": mean - std, "q95": mean + std, "draws": 4}
 
 
-def _record(dataset: str, label: int, floor: float, ceiling: float) -> dict:
-    """A calibration record shaped as ``python -m qdiff_lib calibrate`` writes it."""
-    return {"dataset": dataset, "label": label, "requested": {"n_samples": 500, "n_reference": 800, "draws": 4,
+def _record(dataset: str, label: int, floor: float, ceiling: float, augment: str | None = None) -> dict:
+    """A calibration record shaped as ``python -m qdiff_lib calibrate`` writes it (``augment`` None: as written
+    before the classifier's augmentation was recorded)."""
+    return {**({} if augment is None else {"classifier": {"augment": augment, "file": "x.pt"}}),
+            "dataset": dataset, "label": label, "requested": {"n_samples": 500, "n_reference": 800, "draws": 4,
                                                               "seed": 0, "ceiling": "nearest"},
             "studies": ["mnist"], "n_samples": 500, "n_reference": 800, "draws": 4, "ceiling_rule": "nearest",
             "ceiling_label": 8, "ceiling_source": "test",
@@ -46,6 +48,7 @@ def cal_root(tmp_path):
 def test_files_are_read_into_a_table(cal_root):
     table = scale.calibration_table(cal_root)
     assert list(table.index) == [("mnist", 3), ("mnist", 5)]
+    assert set(table["classifier_augment"]) == {"none"}
     assert table.loc[("mnist", 3), "kid_floor"] == 2.0 and table.loc[("mnist", 3), "kid_ceiling"] == 12.0
     assert table.loc[("mnist", 5), "kid_scale"] == 400.0
     assert table.loc[("mnist", 3), "precision_floor"] == 0.8 and table.loc[("mnist", 3), "kid_ceiling_std"] == 3.0
@@ -113,8 +116,61 @@ def test_a_missing_calibration_file_names_the_command_to_run(cal_root):
     assert scale.calibrate_command("mnist", 7) == "python -m qdiff_lib calibrate --dataset mnist --label 7"
 
 
+def test_the_default_calibration_path_is_unchanged_and_an_augmented_classifier_has_its_own():
+    assert scale.calibration_path("retinamnist", 0) == scale.CALIBRATION_DIR / "retinamnist-l0.json"
+    assert scale.calibration_path("retinamnist", 0, augment="none") == scale.CALIBRATION_DIR / "retinamnist-l0.json"
+    assert scale.calibration_path("retinamnist", 0, augment="flips") == (scale.CALIBRATION_DIR /
+                                                                          "retinamnist-l0+flips.json")
+    assert scale.calibration_path("pathmnist", 1, "/x", "dihedral+shift").name == "pathmnist-l1+dihedral+shift.json"
+    assert scale.calibrate_command("retinamnist", 0) == "python -m qdiff_lib calibrate --dataset retinamnist --label 0"
+    assert scale.calibrate_command("retinamnist", 0, augment="flips") == (
+        "python -m qdiff_lib calibrate --dataset retinamnist --label 0 --classifier-augment flips")
+    with pytest.raises(ValueError, match="unknown classifier augmentation 'rotate'"):
+        scale.calibration_path("retinamnist", 0, augment="rotate")
+    # every committed file is a default classifier's, under its old name
+    for path in sorted(scale.CALIBRATION_DIR.glob("*-l*.json")):
+        record = json.loads(path.read_text())
+        assert scale.calibration_path(record["dataset"], record["label"], augment=scale.record_augment(record)) == path
+
+
+def test_each_run_is_normalised_with_the_calibration_of_its_classifier(cal_root):
+    calibrate.write_record(_record("mnist", 3, 4.0, 24.0, augment="flips"), cal_root)
+    assert (cal_root / "mnist-l3+flips.json").exists() and (cal_root / "mnist-l3.json").exists()
+    # the default table is unchanged by the other classifier's file beside it
+    assert list(scale.calibration_table(cal_root).index) == [("mnist", 3), ("mnist", 5)]
+    flips = scale.calibration_table(cal_root, augment="flips")
+    assert list(flips.index) == [("mnist", 3)] and flips.loc[("mnist", 3), "kid_scale"] == 20.0
+    assert scale.load_calibration("mnist", 3, cal_root, augment="flips")["floor"]["kid"]["mean"] == 4.0
+    frame = pd.DataFrame({"dataset": "mnist", "label": [3, 3, 5], "kid": [14.0, 7.0, 199.0],
+                          "classifier_augment": ["flips", None, "none"]})
+    out = scale.add_normalised_kid(frame, root=cal_root)
+    assert out["kid_norm"].tolist() == [0.5, 0.5, 0.5]  # (14-4)/20 with flips; (7-2)/10 and (199+1)/400 default
+    assert scale.add_normalised_kid(frame.drop(columns="classifier_augment"), root=cal_root)["kid_norm"].iloc[0] == 1.2
+    with pytest.raises(ValueError, match=r"classifier with augmentation 'none'.*trained with \['flips'\]"):
+        scale.add_normalised_kid(frame, scale.calibration_table(cal_root))
+    with pytest.raises(metrics.MissingCalibration,
+                       match=r"mnist label 5 \(classifier flips\).*--classifier-augment flips"):
+        scale.add_normalised_kid(frame.assign(classifier_augment="flips"), root=cal_root)
+    summary = {"options": {"dataset": "mnist", "label": 3, "classifier_augment": "flips"},
+               "metrics": {"kid": {"mean": 14.0, "se": 2.0}}}
+    assert metrics.normalised_kid(summary, root=cal_root) == {"mean": 0.5, "se": 0.1, "floor": 4.0, "ceiling": 24.0}
+    with pytest.raises(ValueError, match="scored by the classifier with augmentation 'flips'"):
+        metrics.normalised_kid(summary, scale.calibration_table(cal_root))
+    (cal_root / "mnist-l3.json").write_text((cal_root / "mnist-l3+flips.json").read_text())
+    with pytest.raises(ValueError, match=r"holds mnist label 3 \(classifier flips\), not mnist label 3 \(classifier "):
+        scale.load_calibration("mnist", 3, cal_root)
+
+
 def test_the_classes_come_from_the_studies_at_their_sizes():
     cases = calibrate.calibration_cases()
+    # every class the studies use has the default classifier's file; medmnist16's cases also their adopted one's
+    retina = cases[("retinamnist", 0)]
+    assert retina["augments"] == {"none": ["medmnist"], "flips": ["medmnist16"]}
+    assert cases[("mnist", 3)]["augments"] == {"none": cases[("mnist", 3)]["studies"]}
+    assert calibrate.calibration_files(cases, [("retinamnist", 0), ("mnist", 3)]) == [
+        ("retinamnist", 0, "none"), ("retinamnist", 0, "flips"), ("mnist", 3, "none")]
+    assert calibrate.calibration_files(cases, [("retinamnist", 0), ("mnist", 3)], "flips") == [
+        ("retinamnist", 0, "flips"), ("mnist", 3, "flips")]
     assert {(ds, lab) for ds, lab in cases if ds == "mnist"} == {("mnist", d) for d in range(10)}
     assert {c for c in cases if c[0] != "mnist"} == set(MEDMNIST_CASES)
     assert cases[("mnist", 3)]["n_samples"] == 500 and cases[("mnist", 3)]["n_reference"] == 800
@@ -141,17 +197,21 @@ def test_the_command_checks_its_options(capsys, tmp_path):
 def test_the_command_writes_one_file_per_class_and_resumes(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_record(dataset, label, n_samples, n_reference, draws, seed, studies, command, classifier, stamp):
+    def fake_record(dataset, label, n_samples, n_reference, draws, seed, studies, command, classifier, stamp,
+                    classifier_augment="none"):
         calls.append((dataset, label, n_samples, n_reference, draws, seed))
-        return {**_record(dataset, label, 0.0, 10.0 + label), "studies": studies, "command": command, "seconds": 0.1,
-                **stamp}
+        assert classifier == ("classifier", dataset, classifier_augment)
+        augment = None if classifier_augment == "none" else classifier_augment
+        return {**_record(dataset, label, 0.0, 10.0 + label, augment), "studies": studies, "command": command,
+                "seconds": 0.1, **stamp}
 
     def fake_provenance():  # "dirty" once the command has written a file, as git status would say
         return {"git_dirty": any(tmp_path.iterdir())}
 
     monkeypatch.setattr(calibrate, "calibration_record", fake_record)
     monkeypatch.setattr("qdiff_lib.experiment.provenance", fake_provenance)
-    monkeypatch.setattr("qdiff_lib.classifier.get_classifier", lambda dataset, progress=False: object())
+    monkeypatch.setattr("qdiff_lib.classifier.get_classifier",
+                        lambda dataset, progress=False, augment="none": ("classifier", dataset, augment))
     argv = ["calibrate", "--dataset", "mnist", "--out", str(tmp_path), "--no-progress", "--draws", "3"]
     assert cli.main(argv) == 0
     assert calls == [("mnist", d, 500, 800, 3, 0) for d in range(10)]
@@ -166,6 +226,17 @@ def test_the_command_writes_one_file_per_class_and_resumes(monkeypatch, tmp_path
     listed = capsys.readouterr().out
     assert "mnist label 3: 500 samples, 800 reference" in listed and "pathmnist label 8" in listed
     assert "mnist label 9: 500 samples, 800 reference (mnist, mnist16, released16): done" in listed
+    # a class of medmnist16 also gets the file of its adopted classifier, beside the default one
+    assert "retinamnist label 0: 500 samples, 1000 reference (medmnist): missing" in listed
+    assert "retinamnist label 0 (classifier flips): 500 samples, 1000 reference (medmnist16): missing" in listed
+    assert "pathmnist label 8 (classifier dihedral+shift): 500 samples, 1000 reference (medmnist16)" in listed
+    argv = ["calibrate", "--dataset", "retinamnist", "--out", str(tmp_path), "--no-progress", "--draws", "3"]
+    assert cli.main([*argv, "--classifier-augment", "flips"]) == 0 and calls[-1][:2] == ("retinamnist", 0)
+    assert (tmp_path / "retinamnist-l0+flips.json").exists() and not (tmp_path / "retinamnist-l0.json").exists()
+    written = json.loads((tmp_path / "retinamnist-l0+flips.json").read_text())
+    assert written["studies"] == ["medmnist16"] and scale.record_augment(written) == "flips"
+    assert cli.main(argv) == 0 and (tmp_path / "retinamnist-l0.json").exists() and len(calls) == 13
+    assert json.loads((tmp_path / "retinamnist-l0.json").read_text())["studies"] == ["medmnist"]
 
 
 def _cost(record: dict) -> tuple:

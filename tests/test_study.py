@@ -146,7 +146,7 @@ def test_run_key_is_stable_and_separates_every_option():
                    ema_decay=0.99, ema_warmup=False, checkpoint_every=1, n_samples=5, sampler="ddpm", sample_steps=3,
                    eta=0.5, seed=1,
                    device="cuda", metrics=True, freeze_squeeze=True, freeze_circuit=True, quantum_backend="mps",
-                   reference_pool="held_out", score_at="1")
+                   reference_pool="held_out", score_at="1", classifier_augment="flips")
     assert set(changed) == {f.name for f in dataclasses.fields(cli.RunOptions)}, "a RunOptions field is untested"
     keys = {run_key(dataclasses.replace(o, **{name: value})) for name, value in changed.items()}
     assert len(keys) == len(changed) and run_key(o) not in keys
@@ -315,6 +315,17 @@ def test_load_results_flattens_metrics(tmp_path):
     assert row["train_s"] == 1.5 and row["final_loss"] == 0.5
     assert "fid_se" not in df.columns and "subset_std" not in df.columns
     assert load_results("full", "mnist", tmp_path).empty
+
+
+def test_flatten_carries_the_classifier_augment_option():
+    """Each row names the classifier that scored it: ``none`` for a summary written before the option existed."""
+    options = dataclasses.asdict(_tiny())
+    del options["classifier_augment"]
+    summary = {"options": options, "metrics": {"kid": {"mean": 0.1, "se": 0.01}}, "final_loss": 0.5,
+               "timings": {"train_s": 1.0}, "device": "cpu"}
+    assert study._flatten(summary)["classifier_augment"] == "none"
+    flips = {**summary, "options": {**options, "classifier_augment": "flips"}}
+    assert study._flatten(flips)["classifier_augment"] == "flips"
 
 
 # ------------------------------------------------------------------------------ CI re-check of committed results

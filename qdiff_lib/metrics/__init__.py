@@ -103,6 +103,9 @@ from qdiff_lib.metrics.scale import (
 #: version (:mod:`qdiff_lib.rescore`), from the run's kept samples, without retraining.
 METRICS_VERSION = 3  # 2: evaluate() gained "speckle" (qdiff_lib.metrics.pixels); 3: "paper_protocol" (the paper's
 #                      FID of 13 samples and SSIM with their spread over redraws, qdiff_lib.metrics.protocol)
+#                      A classifier trained with augmentation (evaluate's classifier_augment, a run option added
+#                      later) adds the entry "classifier" to the output; the default classifier's output is version
+#                      3's as before, so no run scored before needs rescoring.
 
 __all__ = [
     "METRICS_VERSION",

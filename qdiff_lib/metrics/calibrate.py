@@ -10,9 +10,18 @@ images (the reference at most half of them; MNIST digit 5 has 892 test images, s
 held-out split only; KID is unbiased, so its floor and ceiling do not depend on these sizes, while FID's and
 precision's do (the file records the sizes used). :data:`DRAWS` redraws with seed :data:`SEED` by default.
 
+Floor and ceiling are measured in the feature space of the classifier that scores the runs: a class whose runs
+use a classifier trained with augmentation (the run option ``classifier_augment``; ``medmnist16`` uses
+:data:`qdiff_lib.classifier_choice.ADOPTED_AUGMENT`) gets a file for each classifier its runs use,
+``<dataset>-l<label>+<augment>.json`` beside the default ``<dataset>-l<label>.json``
+(:func:`~qdiff_lib.metrics.calibration_path`), at the same sizes. Without ``--classifier-augment`` the command
+computes every file the studies need; ``--classifier-augment A`` only those of classifier ``A``.
+
 Each file (:func:`calibration_record`) holds what :func:`~qdiff_lib.metrics.metric_floor_ceiling` returns (floor and
 ceiling summaries of every metric, the nearest class, the sizes, ``kid_by_class``), the settings asked for
-(``requested``), the studies that use the class, the classifier and data file, and the provenance of the number:
+(``requested``), the studies that use the class with this classifier, the classifier
+(:func:`qdiff_lib.classifier.classifier_record`: cache file, weights checksum, augmentation, test accuracy) and data
+file, and the provenance of the number:
 ``command``, ``git_commit``, ``git_dirty``, ``versions``, ``numerics`` (:func:`qdiff_lib.experiment.provenance`) and
 ``seconds``. Files are written atomically; an existing file is kept unless ``--force``, so an interrupted command
 resumes where it stopped. :func:`recheck` recomputes a file from its own settings and lists what differs (with the
@@ -23,7 +32,6 @@ other commands need not import the metrics); :func:`main` runs them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -36,10 +44,18 @@ import torch
 
 from qdiff_lib import data
 from qdiff_lib._io import atomic_write
+from qdiff_lib.classifier import classifier_record, weights_sha256
 from qdiff_lib.metrics.calibration import metric_floor_ceiling
-from qdiff_lib.metrics.scale import CALIBRATE_COMMAND, calibrate_command, calibration_path
+from qdiff_lib.metrics.scale import (
+    CALIBRATE_COMMAND,
+    DEFAULT_AUGMENT,
+    calibrate_command,
+    calibration_path,
+    record_augment,
+)
 
-__all__ = ["DRAWS", "SEED", "COMPARED", "calibration_cases", "select_cases", "data_file", "classifier_sha256",
+__all__ = ["DRAWS", "SEED", "COMPARED", "calibration_cases", "calibration_files", "select_cases", "data_file",
+           "classifier_sha256",
            "calibration_record", "write_record", "recheck", "main"]
 
 #: Redraws of every sample per class (the metrics chapter's full profile uses as many), and their seed.
@@ -51,19 +67,35 @@ COMPARED = ("n_samples", "n_reference", "draws", "ceiling_rule", "ceiling_label"
 
 
 def calibration_cases(profile: str = "full") -> dict[tuple[str, int], dict[str, Any]]:
-    """``{(dataset, label): {"n_samples", "n_reference", "studies"}}`` for every class of every study of
-    :data:`qdiff_lib.grids.STUDIES` under ``profile``: the largest sample and reference sizes of its runs, and the
-    studies that train on it. Sorted by dataset, then label."""
+    """``{(dataset, label): {"n_samples", "n_reference", "studies", "augments"}}`` for every class of every study of
+    :data:`qdiff_lib.grids.STUDIES` under ``profile``: the largest sample and reference sizes of its runs (whatever
+    their classifier, so that a class's files share their sizes), the studies that train on it, and ``augments``:
+    ``{classifier augmentation: the studies whose runs of the class use it}``, the default (``none``) first. Sorted
+    by dataset, then label."""
     from qdiff_lib.grids import STUDIES, study_runs
 
     cases: dict[tuple[str, int], dict[str, Any]] = {}
     for study in STUDIES:
         for o in study_runs(study, profile):
-            c = cases.setdefault((o.dataset, int(o.label)), {"n_samples": 0, "n_reference": 0, "studies": []})
+            c = cases.setdefault((o.dataset, int(o.label)), {"n_samples": 0, "n_reference": 0, "studies": [],
+                                                             "augments": {}})
             c["n_samples"], c["n_reference"] = max(c["n_samples"], o.n_samples), max(c["n_reference"], o.n_ref)
             if study not in c["studies"]:
                 c["studies"].append(study)
+            users = c["augments"].setdefault(o.classifier_augment, [])
+            if study not in users:
+                users.append(study)
+    for c in cases.values():
+        c["augments"] = dict(sorted(c["augments"].items(), key=lambda kv: (kv[0] != DEFAULT_AUGMENT, kv[0])))
     return dict(sorted(cases.items()))
+
+
+def calibration_files(cases: dict, chosen: Sequence[tuple[str, int]], augment: str | None = None
+                      ) -> list[tuple[str, int, str]]:
+    """The files ``(dataset, label, augment)`` of the classes ``chosen`` (keys of :func:`calibration_cases`): every
+    classifier their runs use (``augment`` None), or only the classifier trained with ``augment``."""
+    return [(ds, lab, aug) for ds, lab in chosen
+            for aug in (cases[(ds, lab)]["augments"] if augment is None else [augment])]
 
 
 def select_cases(cases: dict, dataset: str | None = None, label: int | None = None) -> list[tuple[str, int]]:
@@ -87,25 +119,14 @@ def data_file(dataset: str) -> str | None:
     return None if where.startswith("missing") else Path(where).name
 
 
-def classifier_sha256(clf) -> str:
-    """A checksum of a classifier's weights (every tensor of its state, in order, as raw bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in clf.net.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _classifier_record(clf) -> dict[str, Any]:
-    from qdiff_lib.classifier import _cache_path
-
-    return {"file": _cache_path(clf.dataset, clf.recipe).name, "sha256": classifier_sha256(clf),
-            "test_accuracy": clf.test_accuracy, "test_split": clf.test_split}
+#: A checksum of a classifier's weights (:func:`qdiff_lib.classifier.weights_sha256`, its home now).
+classifier_sha256 = weights_sha256
 
 
 def _computed(dataset: str, label: int, requested: dict[str, Any], classifier) -> dict[str, Any]:
     """What :func:`~qdiff_lib.metrics.metric_floor_ceiling` returns, in JSON's own terms (string keys)."""
-    result = metric_floor_ceiling(dataset, label, classifier=classifier, **requested)
+    result = metric_floor_ceiling(dataset, label, classifier=classifier, classifier_augment=classifier.recipe.augment,
+                                  **requested)
     result["kid_by_class"] = {str(c): v for c, v in result["kid_by_class"].items()}
     # through JSON and back, so that a fresh result compares equal to a stored one (NaN is refused: not JSON)
     return json.loads(json.dumps(result, allow_nan=False))
@@ -113,31 +134,40 @@ def _computed(dataset: str, label: int, requested: dict[str, Any], classifier) -
 
 def calibration_record(dataset: str, label: int, n_samples: int, n_reference: int, draws: int = DRAWS,
                        seed: int = SEED, studies: Sequence[str] = (), command: str | None = None,
-                       classifier=None, stamp: dict[str, Any] | None = None) -> dict[str, Any]:
+                       classifier=None, stamp: dict[str, Any] | None = None,
+                       classifier_augment: str = DEFAULT_AUGMENT) -> dict[str, Any]:
     """The content of a calibration file: :func:`~qdiff_lib.metrics.metric_floor_ceiling` of the class with the
-    settings (kept under ``requested``), plus the classifier, the data file, ``studies``, ``command`` (default: the
-    command that writes this one file), the provenance (``stamp``, default: taken now; a command writing several
-    files takes it once, before its own writes dirty the working tree) and the time taken."""
+    settings (kept under ``requested``), measured with ``classifier`` (default: the cached classifier trained with
+    ``classifier_augment``), plus the classifier (:func:`qdiff_lib.classifier.classifier_record`, with its
+    augmentation), the data file, ``studies``, ``command`` (default: the command that writes this one file), the
+    provenance (``stamp``, default: taken now; a command writing several files takes it once, before its own writes
+    dirty the working tree) and the time taken."""
     from qdiff_lib.classifier import get_classifier
     from qdiff_lib.experiment import provenance
 
-    clf = classifier if classifier is not None else get_classifier(dataset, progress=False)
+    clf = classifier if classifier is not None else get_classifier(dataset, progress=False, augment=classifier_augment)
+    if clf.recipe.augment != classifier_augment:
+        raise ValueError(f"the classifier given was trained with augmentation {clf.recipe.augment!r}, not "
+                         f"{classifier_augment!r}")
     requested = {"n_samples": int(n_samples), "n_reference": int(n_reference), "draws": int(draws),
                  "seed": int(seed), "ceiling": "nearest"}
     start = time.perf_counter()
     result = _computed(dataset, label, requested, clf)
     seconds = time.perf_counter() - start
     return {"dataset": data.dataset_info(dataset).name, "label": int(label), "requested": requested,
-            "studies": list(studies), **result, "classifier": _classifier_record(clf),
+            "studies": list(studies), **result, "classifier": classifier_record(clf),
             "data_file": data_file(dataset),
-            "command": command or calibrate_command(dataset, label), **(stamp if stamp is not None else provenance()),
+            "command": command or calibrate_command(dataset, label, augment=classifier_augment),
+            **(stamp if stamp is not None else provenance()),
             "seconds": round(seconds, 2)}
 
 
 def write_record(record: dict[str, Any], root: str | os.PathLike | None = None) -> Path:
-    """Write ``record`` atomically to its :func:`~qdiff_lib.metrics.calibration_path` under ``root``."""
+    """Write ``record`` atomically to its :func:`~qdiff_lib.metrics.calibration_path` under ``root`` (named by its
+    class and its classifier's augmentation)."""
     text = json.dumps(record, indent=1, allow_nan=False) + "\n"
-    return atomic_write(calibration_path(record["dataset"], record["label"], root), lambda f: f.write(text.encode()))
+    path = calibration_path(record["dataset"], record["label"], root, record_augment(record))
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def recheck(record: dict[str, Any], classifier=None) -> list[str]:
@@ -147,7 +177,8 @@ def recheck(record: dict[str, Any], classifier=None) -> list[str]:
     with (:func:`classifier_sha256`)."""
     from qdiff_lib.classifier import get_classifier
 
-    clf = classifier if classifier is not None else get_classifier(record["dataset"], progress=False)
+    clf = (classifier if classifier is not None
+           else get_classifier(record["dataset"], progress=False, augment=record_augment(record)))
     threads = torch.get_num_threads()
     torch.set_num_threads(int(record.get("numerics", {}).get("torch_threads") or 1))  # as the file was computed
     try:
@@ -156,7 +187,7 @@ def recheck(record: dict[str, Any], classifier=None) -> list[str]:
         torch.set_num_threads(threads)
     differ = [k for k in COMPARED if fresh.get(k) != record.get(k)]
     stored = record.get("classifier", {}).get("sha256")
-    if stored is not None and stored != classifier_sha256(clf):
+    if stored is not None and stored != weights_sha256(clf):
         differ.append("classifier")  # not the same weights: every metric may differ for that reason alone
     return differ
 
@@ -179,15 +210,22 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     except ValueError as error:
         fail(str(error))
     root = args.out
+    augment = getattr(args, "classifier_augment", None)
+    files = calibration_files(cases, chosen, augment)
+
+    def name(ds: str, lab: int, aug: str) -> str:
+        return f"{ds} label {lab}" + ("" if aug == DEFAULT_AUGMENT else f" (classifier {aug})")
+
     if args.list:
-        for ds, lab in chosen:
+        for ds, lab, aug in files:
             c = cases[(ds, lab)]
-            done = "done" if calibration_path(ds, lab, root).exists() else "missing"
-            print(f"{ds} label {lab}: {c['n_samples']} samples, {c['n_reference']} reference "
-                  f"({', '.join(c['studies'])}): {done}")
+            done = "done" if calibration_path(ds, lab, root, aug).exists() else "missing"
+            users = c["augments"].get(aug) or ["no study"]
+            print(f"{name(ds, lab, aug)}: {c['n_samples']} samples, {c['n_reference']} reference "
+                  f"({', '.join(users)}): {done}")
         return 0
-    todo = [c for c in chosen if args.force or not calibration_path(*c, root).exists()]
-    print(f"{len(chosen)} class(es) selected, {len(chosen) - len(todo)} already calibrated (kept; --force recomputes), "
+    todo = [f for f in files if args.force or not calibration_path(*f[:2], root, f[2]).exists()]
+    print(f"{len(files)} file(s) selected, {len(files) - len(todo)} already calibrated (kept; --force recomputes), "
           f"{len(todo)} to compute with {draws} redraws")
     invoked = " ".join([CALIBRATE_COMMAND, *sys.argv[2:]]) if sys.argv[1:2] == ["calibrate"] else None
     from qdiff_lib.experiment import provenance
@@ -195,18 +233,19 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     stamp = provenance()  # once, before this command's own writes dirty the working tree
     classifiers, failures = {}, []
     bar = tqdm(todo, desc="calibrate", unit="class", disable=args.no_progress)
-    for ds, lab in bar:
-        bar.set_postfix_str(f"{ds} {lab}")
+    for ds, lab, aug in bar:
+        bar.set_postfix_str(f"{ds} {lab}" + ("" if aug == DEFAULT_AUGMENT else f" {aug}"))
         try:
-            if ds not in classifiers:
-                classifiers[ds] = get_classifier(ds, progress=False)
+            if (ds, aug) not in classifiers:
+                classifiers[(ds, aug)] = get_classifier(ds, progress=False, augment=aug)
             c = cases[(ds, lab)]
             record = calibration_record(ds, lab, c["n_samples"], c["n_reference"], draws, seed,
-                                        c["studies"], invoked, classifiers[ds], stamp)
+                                        c["augments"].get(aug, []), invoked, classifiers[(ds, aug)], stamp,
+                                        classifier_augment=aug)
             path = write_record(record, root)
         except Exception as error:  # report, go on with the other classes
-            failures.append((ds, lab, error))
-            bar.write(f"{ds} label {lab} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            failures.append((ds, lab, aug, error))
+            bar.write(f"{name(ds, lab, aug)} failed: {type(error).__name__}: {error}", file=sys.stderr)
             continue
         kid = (record["floor"]["kid"]["mean"], record["ceiling"]["kid"]["mean"])
         bar.write(f"wrote {path}: KID floor {kid[0]:.4g}, ceiling {kid[1]:.4g} (class {record['ceiling_label']}), "

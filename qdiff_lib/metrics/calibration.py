@@ -147,10 +147,17 @@ def _draw(pool: dict, idx: torch.Tensor) -> dict:
     return {key: v[idx] for key, v in pool.items()}
 
 
-def _classifier(dataset: str, classifier: TrainedClassifier | None) -> TrainedClassifier:
+def _classifier(dataset: str, classifier: TrainedClassifier | None, augment: str = "none") -> TrainedClassifier:
+    """``classifier``, or the cached one of ``dataset`` trained with ``augment``; ValueError when a given classifier
+    was trained with another augmentation."""
     from qdiff_lib.classifier import get_classifier
 
-    return classifier if classifier is not None else get_classifier(dataset, progress=False)
+    if classifier is None:
+        return get_classifier(dataset, progress=False, augment=augment)
+    if classifier.recipe.augment != augment:
+        raise ValueError(f"the classifier given was trained with augmentation {classifier.recipe.augment!r}, but "
+                         f"classifier_augment is {augment!r}")
+    return classifier
 
 
 def metric_floor_ceiling(
@@ -164,6 +171,7 @@ def metric_floor_ceiling(
     classifier: TrainedClassifier | None = None,
     k: int = 3,
     pool_cap: int = 3000,
+    classifier_augment: str = "none",
 ) -> dict:
     """Each metric's floor and ceiling for class ``label`` of ``dataset``, at (up to) the study's sample sizes.
 
@@ -192,11 +200,12 @@ def metric_floor_ceiling(
     Returns ``{"dataset", "label", "n_samples", "n_reference", "draws", "ceiling_rule", "ceiling_label",
     "ceiling_source", "floor": {metric: summary}, "ceiling": {metric: summary}, "kid_by_class": {other label:
     mean KID}, "classifier_test_accuracy"}``; a summary is ``{"mean", "std", "q05", "q95", "draws"}`` over the
-    redraws (q05, q95: the 5% and 95% quantiles).
+    redraws (q05, q95: the 5% and 95% quantiles). The metrics are measured with ``classifier`` (default: the
+    cached classifier of ``dataset`` trained with the augmentation ``classifier_augment``).
     """
     check_choice("ceiling", ceiling, ("nearest", "mean"))
     info = data.dataset_info(dataset)
-    clf = _classifier(dataset, classifier)
+    clf = _classifier(dataset, classifier, classifier_augment)
     pools = _Pools(dataset, clf, pool_cap, seed)
     own = pools.held_out(label)
     n, n_ref = _sizes(len(own["x"]), n_samples, n_reference)
@@ -291,6 +300,7 @@ def degradation_curves(
     classifier: TrainedClassifier | None = None,
     k: int = 3,
     pool_cap: int = 3000,
+    classifier_augment: str = "none",
 ) -> list[dict]:
     """Every metric's response to real images of class ``label`` degraded at growing strength.
 
@@ -307,7 +317,7 @@ def degradation_curves(
         check_choice("degradation", kind, DEGRADATIONS)
     strengths = {**DEGRADATIONS, **(strengths or {})}
     info = data.dataset_info(dataset)
-    clf = _classifier(dataset, classifier)
+    clf = _classifier(dataset, classifier, classifier_augment)
     pools = _Pools(dataset, clf, pool_cap, seed)
     own = pools.held_out(label)
     n, n_ref = _sizes(len(own["x"]), n_samples, n_reference)

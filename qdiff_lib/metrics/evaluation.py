@@ -70,6 +70,7 @@ def evaluate(
     n_pr_draws: int = 10,
     paper_draws: int = PAPER_DRAWS,
     paper_pool: torch.Tensor | None = None,
+    classifier_augment: str = "none",
 ) -> dict:
     """All metrics of generated ``samples`` ``(B, C, 28, 28)`` in [-1, 1] meant to be of class ``label``.
 
@@ -88,7 +89,10 @@ def evaluate(
             ``min(B, reference size)`` images from each set (one draw suffices when the sizes are equal).
         device: where the classifier runs.
         n_reference: size of the default reference.
-        classifier: a :class:`~qdiff_lib.classifier.TrainedClassifier` (default: ``get_classifier(dataset)``).
+        classifier: a :class:`~qdiff_lib.classifier.TrainedClassifier` (default: ``get_classifier(dataset,
+            augment=classifier_augment)``); its recipe's augmentation must be ``classifier_augment``.
+        classifier_augment: the training-time augmentation of the classifier whose features and predictions score
+            the samples (a run's option ``classifier_augment``; see :data:`qdiff_lib.classifier.AUGMENTATIONS`).
         paper_draws, paper_pool: redraws of the paper's protocol and its real images of every class (None: drawn
             from the held-out split with ``seed``); see :func:`~qdiff_lib.metrics.paper_protocol`.
 
@@ -103,9 +107,12 @@ def evaluate(
     ``paper_protocol``: the paper's FID of 13 samples and its SSIM, in both of its variants, with their spread
     over ``paper_draws`` seeded redraws (:func:`~qdiff_lib.metrics.paper_protocol`; metrics version 3); plus
     ``n_samples``, ``n_reference``,
-    ``n_train``, ``out_of_range_fraction``, ``classifier_test_accuracy``, ``seed``.
+    ``n_train``, ``out_of_range_fraction``, ``classifier_test_accuracy``, ``seed``; and, only for a classifier
+    trained with augmentation, ``classifier`` (:func:`~qdiff_lib.classifier.classifier_record`: its cache file,
+    weights checksum, augmentation, test accuracy), so that the output of the default classifier is exactly that of
+    metrics version 3 as before.
     """
-    from qdiff_lib.classifier import get_classifier
+    from qdiff_lib.classifier import classifier_record, get_classifier
 
     samples = _check_images(samples, "samples").cpu()
     out_of_range = float((samples.abs() > 1).double().mean())
@@ -122,7 +129,12 @@ def evaluate(
             g_ref = torch.Generator().manual_seed(seed)
             reference = reference[torch.randperm(len(reference), generator=g_ref)[:n_reference]]
     reference = _check_images(reference, "reference").cpu()
-    clf = (classifier if classifier is not None else get_classifier(dataset, device=device, progress=True)).to(device)
+    if classifier is None:
+        classifier = get_classifier(dataset, device=device, progress=True, augment=classifier_augment)
+    elif classifier.recipe.augment != classifier_augment:
+        raise ValueError(f"the classifier given was trained with augmentation {classifier.recipe.augment!r}, but "
+                         f"classifier_augment is {classifier_augment!r}")
+    clf = classifier.to(device)
     feature = clf.feature
 
     f_gen = extract_features(samples, feature)
@@ -130,6 +142,8 @@ def evaluate(
     f_train = extract_features(train_images, feature)
     pr = _precision_recall_draws(f_gen, f_ref, k, n_pr_draws, seed)
     predicted = clf.predict(samples.to(device)).cpu()
+    # Which classifier scored them, for the non-default recipes only: the default's output stays version 3's.
+    provenance = {} if clf.recipe.augment == "none" else {"classifier": classifier_record(clf)}
     return {
         "kid": kid(samples, reference, feature, n_subsets, subset_size, seed),
         "fid": {"mean": fid(samples, reference, feature)},
@@ -149,4 +163,5 @@ def evaluate(
         "n_train": len(train_images),
         "classifier_test_accuracy": clf.test_accuracy,
         "seed": seed,
+        **provenance,
     }
