@@ -52,6 +52,7 @@ __all__ = [
     "TrainedClassifier",
     "cache_dir",
     "recipe_for",
+    "training_schedule",
     "train_classifier",
     "get_classifier",
     "weights_sha256",
@@ -299,6 +300,13 @@ def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     return correct / len(x)
 
 
+def training_schedule(n_train: int, recipe: ClassifierRecipe) -> tuple[int, int]:
+    """``(epochs, optimiser steps per epoch)`` of ``recipe`` on ``n_train`` training images: ``max(epochs,
+    ceil(min_steps / steps per epoch))`` epochs of ``ceil(n_train / batch_size)`` steps."""
+    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
+    return max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)), steps_per_epoch
+
+
 def train_classifier(
     dataset: str, recipe: ClassifierRecipe | None = None, progress: bool = True
 ) -> TrainedClassifier:
@@ -326,8 +334,7 @@ def _train(dataset: str, recipe: ClassifierRecipe, progress: bool) -> TrainedCla
         net = SmallCNN(info.n_channels, info.n_classes, recipe.width, recipe.n_features)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     g = torch.Generator().manual_seed(recipe.seed)
-    steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
-    epochs = max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch))
+    epochs, steps_per_epoch = training_schedule(len(x), recipe)
     bar = tqdm(total=epochs * steps_per_epoch, desc=f"classifier {dataset}", disable=not progress)
     net.train()
     for _ in range(epochs):

@@ -136,3 +136,12 @@ def test_mcnemar_p_equals_scipys_exact_binomial_test_on_the_discordant_pairs():
         assert mcnemar_p(a, b) == pytest.approx(binomtest(gained, discordant, 0.5).pvalue, rel=1e-9)
         assert mcnemar_p(a, b, "greater") == pytest.approx(
             binomtest(gained, discordant, 0.5, alternative="greater").pvalue, rel=1e-9)
+
+
+def test_the_committed_evidence_steps_are_the_classifiers_training_schedule():
+    """Each committed row's optimiser steps are those :func:`qdiff_lib.classifier.training_schedule` gives its recipe
+    and training-set size (the schedule the library trains with)."""
+    evidence = json.loads(RESULT.read_text())
+    for r in evidence["rows"]:
+        epochs, per_epoch = classifier.training_schedule(r["n_train"], ClassifierRecipe(**r["fields"]))
+        assert epochs * per_epoch == r["steps"], (r["dataset"], r["recipe"], r["seed"])

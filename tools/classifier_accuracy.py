@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from qdiff_lib import classifier, data
+from qdiff_lib._io import atomic_write
 from qdiff_lib.classifier import ClassifierRecipe
 from qdiff_lib.classifier_choice import adoption, mcnemar_p
 from qdiff_lib.experiment import _git, provenance
@@ -86,11 +87,6 @@ def _splits(dataset: str, recipe: ClassifierRecipe):
         return classifier._train_test(dataset, recipe)
 
 
-def _n_steps(n_train: int, recipe: ClassifierRecipe) -> int:
-    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
-    return max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)) * steps_per_epoch
-
-
 def measure(dataset: str, name: str, seed: int, use_cache: bool, stamp: dict | None = None) -> dict:
     """One row: the classifier of ``dataset`` trained with recipe ``name`` and ``seed`` (or read from the cache
     when it is the library's default recipe), its test accuracy and per-image correctness; ``stamp``: the
@@ -112,7 +108,7 @@ def measure(dataset: str, name: str, seed: int, use_cache: bool, stamp: dict | N
     return {
         "dataset": dataset, "recipe": name, "seed": seed, "hash": recipe.hash(), "fields": asdict(recipe),
         "test_accuracy": acc, "n_test": len(y_test), "n_train": len(y), "test_split": desc,
-        "steps": _n_steps(len(y), recipe), "seconds": seconds, "source": source,
+        "steps": math.prod(classifier.training_schedule(len(y), recipe)), "seconds": seconds, "source": source,
         "correct": "".join("1" if c else "0" for c in correct),
         "provenance": stamp,
     }
@@ -131,7 +127,7 @@ def stamp_now(out: Path, command: list[str]) -> dict:
             rel = None
         status = _git("status", "--porcelain")
         lines = [] if status is None else [ln for ln in status.splitlines() if ln.strip()]
-        stamp["git_dirty"] = any(ln[3:].strip() not in (rel, f"{rel}.tmp") for ln in lines)
+        stamp["git_dirty"] = any(ln[3:].strip() != rel for ln in lines)
     return stamp
 
 
@@ -188,10 +184,7 @@ def table(results: dict, datasets) -> str:
 
 def _write(results: dict, out: Path) -> None:
     results["adoption"] = adoption(results["rows"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write(out, lambda f: f.write((json.dumps(results, indent=1) + "\n").encode()))
 
 
 def main(argv: list[str] | None = None) -> None:
