@@ -39,6 +39,7 @@ __all__ = [
     "load_images",
     "load_labelled",
     "few_shot_split",
+    "held_out_pool",
     "REFERENCE_POOLS",
     "held_out_split",
     "cache_dir",
@@ -471,14 +472,27 @@ def _unused_training_images(dataset: str, label: int | None, n_train: int, seed:
     return pool[order[n_train:]]
 
 
-def _held_out_pool(dataset: str, label: int | None, n_train: int, n_ref: int | None, seed: int,
-                   download: bool) -> torch.Tensor:
+def held_out_pool(dataset: str, label: int | None, n_train: int = 0, seed: int = 0,
+                  download: bool = False) -> torch.Tensor:
+    """Every held-out image of class ``label``: the training images that ``load_images(dataset, "train", label,
+    n_train, seed)`` did not draw (all of them with ``n_train=0``), followed by the val and test splits present on
+    disk (none where only the offline PathMNIST subset is). The pool that :func:`few_shot_split` with
+    ``pool="held_out"`` draws a run's reference from, and that the calibration of such runs draws its floor and
+    ceiling from (:func:`qdiff_lib.metrics.metric_floor_ceiling` with ``reference_pool="held_out"``)."""
+    dataset = _check_dataset(dataset)
+    if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or n_train < 0:
+        raise ValueError(f"n_train must be an integer >= 0, got {n_train!r}")
     parts = [_unused_training_images(dataset, label, n_train, seed, download)]
     if held_out_split(dataset, download) == "test":  # the other splits are on disk
         for split in dataset_info(dataset).splits:
             if split != "train":
                 parts.append(load_images(dataset, split, label, None, 0, download))
-    pool = torch.cat(parts)
+    return torch.cat(parts)
+
+
+def _held_out_pool(dataset: str, label: int | None, n_train: int, n_ref: int | None, seed: int,
+                   download: bool) -> torch.Tensor:
+    pool = held_out_pool(dataset, label, n_train, seed, download)
     if n_ref is None or n_ref >= len(pool):
         return pool
     return pool[torch.from_numpy(_select(len(pool), n_ref, seed + 2_000_003, f"{dataset} held-out pool"))]

@@ -145,6 +145,31 @@ def test_metric_floor_ceiling_floor_near_zero_and_ceiling_far(clf):
     json.dumps(r, allow_nan=False)
 
 
+def test_metric_floor_ceiling_draws_from_the_held_out_pool_of_the_runs(clf):
+    """With ``reference_pool="held_out"`` the floor's two samples split every held-out image of the class (the pool of
+    a run's reference: no image of the run's training set), and the ceiling takes the other class's images from all
+    its splits. The MNIST classifier serves as a feature map of the 1-channel BreastMNIST images: the pools, not
+    the features, are under test."""
+    pool = data.held_out_pool("breastmnist", 1, 64, seed=0)
+    r = calibration.metric_floor_ceiling("breastmnist", 1, n_samples=500, n_reference=1000, draws=2, classifier=clf,
+                                         reference_pool="held_out", n_train=64)
+    assert (r["n_samples"], r["n_reference"]) == (len(pool) - len(pool) // 2, len(pool) // 2)
+    assert r["ceiling_source"] == "held_out" and r["ceiling_label"] == 0
+    test_only = calibration.metric_floor_ceiling("breastmnist", 1, n_samples=500, n_reference=1000, draws=2,
+                                                 classifier=clf)
+    n_test = len(data.load_images("breastmnist", "test", 1))
+    assert (test_only["n_samples"], test_only["n_reference"]) == (n_test - n_test // 2, n_test // 2)
+    assert test_only["n_reference"] < r["n_reference"] / 2  # the test split alone: less than half the power
+    train = data.load_images("breastmnist", "train", 1, 64, seed=0)
+    pools = calibration._Pools("breastmnist", clf, 3000, 0, 1, "held_out", 64)
+    seen = {tuple(x.flatten().tolist()) for x in train}
+    assert not any(tuple(x.flatten().tolist()) in seen for x in pools.held_out(1)["x"])
+    assert len(pools.held_out(0)["x"]) == sum(len(data.load_images("breastmnist", s, 0)) for s in ("train", "val",
+                                                                                                   "test"))
+    with pytest.raises(ValueError, match=r"reference pool.*'everything'.*allowed"):
+        calibration.metric_floor_ceiling("breastmnist", 1, classifier=clf, reference_pool="everything")
+
+
 def test_paper_fid_spread_over_redraws_of_13_images(clf, digits):
     threes, eights = digits
     r = calibration.paper_fid(threes[:100], threes[100:], clf.feature, n=13, draws=10, seed=0, ssim_reference=eights)

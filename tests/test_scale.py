@@ -177,6 +177,10 @@ def test_the_classes_come_from_the_studies_at_their_sizes():
     assert {"mnist", "mnist16", "scaling16"} <= set(cases[("mnist", 3)]["studies"])
     assert cases[("pathmnist", 1)]["n_reference"] == 1000 and cases[("pathmnist", 1)]["studies"] == ["medmnist",
                                                                                                      "medmnist16"]
+    # the floor and ceiling come from where the runs' reference comes from: medmnist16 draws every held-out image
+    assert {(c["reference_pool"], c["n_train"]) for (ds, _), c in cases.items() if ds == "mnist"} == {("test", 0)}
+    assert {(c["reference_pool"], c["n_train"]) for (ds, _), c in cases.items() if ds != "mnist"} == {
+        ("held_out", 64)}
     assert calibrate.select_cases(cases, "mnist", 4) == [("mnist", 4)]
     with pytest.raises(ValueError, match=r"unknown dataset 'cifar'.*allowed: \['breastmnist', 'mnist'"):
         calibrate.select_cases(cases, "cifar")
@@ -198,8 +202,9 @@ def test_the_command_writes_one_file_per_class_and_resumes(monkeypatch, tmp_path
     calls = []
 
     def fake_record(dataset, label, n_samples, n_reference, draws, seed, studies, command, classifier, stamp,
-                    classifier_augment="none"):
+                    classifier_augment="none", reference_pool="test", n_train=0):
         calls.append((dataset, label, n_samples, n_reference, draws, seed))
+        assert (reference_pool, n_train) == (("test", 0) if dataset == "mnist" else ("held_out", 64))
         assert classifier == ("classifier", dataset, classifier_augment)
         augment = None if classifier_augment == "none" else classifier_augment
         return {**_record(dataset, label, 0.0, 10.0 + label, augment), "studies": studies, "command": command,
@@ -227,9 +232,10 @@ def test_the_command_writes_one_file_per_class_and_resumes(monkeypatch, tmp_path
     assert "mnist label 3: 500 samples, 800 reference" in listed and "pathmnist label 8" in listed
     assert "mnist label 9: 500 samples, 800 reference (mnist, mnist16, released16): done" in listed
     # a class of medmnist16 also gets the file of its adopted classifier, beside the default one
-    assert "retinamnist label 0: 500 samples, 1000 reference (medmnist): missing" in listed
-    assert "retinamnist label 0 (classifier flips): 500 samples, 1000 reference (medmnist16): missing" in listed
-    assert "pathmnist label 8 (classifier dihedral+shift): 500 samples, 1000 reference (medmnist16)" in listed
+    held = "1000 reference from the held-out pool (n_train 64)"
+    assert f"retinamnist label 0: 500 samples, {held} (medmnist): missing" in listed
+    assert f"retinamnist label 0 (classifier flips): 500 samples, {held} (medmnist16): missing" in listed
+    assert f"pathmnist label 8 (classifier dihedral+shift): 500 samples, {held} (medmnist16)" in listed
     argv = ["calibrate", "--dataset", "retinamnist", "--out", str(tmp_path), "--no-progress", "--draws", "3"]
     assert cli.main([*argv, "--classifier-augment", "flips"]) == 0 and calls[-1][:2] == ("retinamnist", 0)
     assert (tmp_path / "retinamnist-l0+flips.json").exists() and not (tmp_path / "retinamnist-l0.json").exists()

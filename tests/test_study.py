@@ -123,6 +123,13 @@ def test_held_out_reference_pool_is_disjoint_from_training_and_capped():
     assert len(capped) == 100
     with pytest.raises(ValueError, match="reference pool"):
         data.few_shot_split("breastmnist", 1, 64, 100, seed=0, pool="everything")
+    # the uncapped reference is the whole held-out pool: every image of the class but the run's training images
+    pool = data.held_out_pool("breastmnist", 1, 64, seed=0)
+    assert torch.equal(pool, ref)
+    every = sum(len(data.load_images("breastmnist", split, 1)) for split in ("train", "val", "test"))
+    assert len(data.held_out_pool("breastmnist", 1)) == every == len(pool) + 64
+    with pytest.raises(ValueError, match=r"n_train must be an integer >= 0, got -1"):
+        data.held_out_pool("breastmnist", 1, -1)
 
 
 def test_full_mnist_grids_ask_for_available_reference_images():

@@ -5,10 +5,12 @@ class under ``results/calibration/`` (:data:`~qdiff_lib.metrics.scale.CALIBRATIO
 The classes and their sizes come from the grids (:func:`calibration_cases`): every (dataset, label) of every study of
 :data:`qdiff_lib.grids.STUDIES` at the full profile, at the largest ``n_samples`` and ``n_ref`` its runs use
 (MNIST: the mnist studies' 500 samples and 800 reference images; MedMNIST: ``medmnist16``'s, larger than
-``medmnist``'s 40). :func:`~qdiff_lib.metrics.metric_floor_ceiling` then clamps the sizes to the class's held-out
-images (the reference at most half of them; MNIST digit 5 has 892 test images, so 446 and 446) and draws from the
-held-out split only; KID is unbiased, so its floor and ceiling do not depend on these sizes, while FID's and
-precision's do (the file records the sizes used). :data:`DRAWS` redraws with seed :data:`SEED` by default.
+``medmnist``'s 40), drawn from the pool the runs' reference comes from: the test split for MNIST, every held-out image
+of the class for MedMNIST (``medmnist16``'s runs: the training images a seed-0 run does not train on, plus the val
+and test splits; :func:`qdiff_lib.data.held_out_pool`). :func:`~qdiff_lib.metrics.metric_floor_ceiling` then clamps
+the sizes to that pool (the reference at most half of it; MNIST digit 5 has 892 test images, so 446 and 446); KID is
+unbiased, so its floor and ceiling do not depend on these sizes, while FID's and precision's do (the file records the
+sizes used). :data:`DRAWS` redraws with seed :data:`SEED` by default.
 
 Floor and ceiling are measured in the feature space of the classifier that scores the runs: a class whose runs
 use a classifier trained with augmentation (the run option ``classifier_augment``; ``medmnist16`` uses
@@ -67,19 +69,28 @@ COMPARED = ("n_samples", "n_reference", "draws", "ceiling_rule", "ceiling_label"
 
 
 def calibration_cases(profile: str = "full") -> dict[tuple[str, int], dict[str, Any]]:
-    """``{(dataset, label): {"n_samples", "n_reference", "studies", "augments"}}`` for every class of every study of
-    :data:`qdiff_lib.grids.STUDIES` under ``profile``: the largest sample and reference sizes of its runs (whatever
-    their classifier, so that a class's files share their sizes), the studies that train on it, and ``augments``:
-    ``{classifier augmentation: the studies whose runs of the class use it}``, the default (``none``) first. Sorted
-    by dataset, then label."""
+    """``{(dataset, label): {"n_samples", "n_reference", "studies", "augments", "reference_pool", "n_train"}}`` for
+    every class of every study of :data:`qdiff_lib.grids.STUDIES` under ``profile``: the largest sample and reference
+    sizes of its runs (whatever their classifier, so that a class's files share their sizes), the studies that train
+    on it, ``augments``: ``{classifier augmentation: the studies whose runs of the class use it}``, the default
+    (``none``) first, and where the floor and ceiling are drawn from: ``reference_pool`` ``"held_out"`` with those
+    runs' ``n_train`` when any run of the class draws its reference from every held-out image (``medmnist16``),
+    else ``"test"`` and 0. One pool per class, so that every file of a class shares it (a class whose held-out runs
+    train on different numbers of images raises ValueError). Sorted by dataset, then label."""
     from qdiff_lib.grids import STUDIES, study_runs
 
     cases: dict[tuple[str, int], dict[str, Any]] = {}
     for study in STUDIES:
         for o in study_runs(study, profile):
             c = cases.setdefault((o.dataset, int(o.label)), {"n_samples": 0, "n_reference": 0, "studies": [],
-                                                             "augments": {}})
+                                                             "augments": {}, "reference_pool": "test",
+                                                             "n_train": 0})
             c["n_samples"], c["n_reference"] = max(c["n_samples"], o.n_samples), max(c["n_reference"], o.n_ref)
+            if o.reference_pool == "held_out":
+                if c["reference_pool"] == "held_out" and c["n_train"] != o.n_train:
+                    raise ValueError(f"{o.dataset} label {o.label}: runs drawing their reference from the held-out "
+                                     f"pool train on {c['n_train']} and {o.n_train} images; one pool per class")
+                c["reference_pool"], c["n_train"] = "held_out", int(o.n_train)
             if study not in c["studies"]:
                 c["studies"].append(study)
             users = c["augments"].setdefault(o.classifier_augment, [])
@@ -135,9 +146,11 @@ def _computed(dataset: str, label: int, requested: dict[str, Any], classifier) -
 def calibration_record(dataset: str, label: int, n_samples: int, n_reference: int, draws: int = DRAWS,
                        seed: int = SEED, studies: Sequence[str] = (), command: str | None = None,
                        classifier=None, stamp: dict[str, Any] | None = None,
-                       classifier_augment: str = DEFAULT_AUGMENT) -> dict[str, Any]:
+                       classifier_augment: str = DEFAULT_AUGMENT, reference_pool: str = "test",
+                       n_train: int = 0) -> dict[str, Any]:
     """The content of a calibration file: :func:`~qdiff_lib.metrics.metric_floor_ceiling` of the class with the
-    settings (kept under ``requested``), measured with ``classifier`` (default: the cached classifier trained with
+    settings (kept under ``requested``; ``reference_pool`` and ``n_train`` only for the ``"held_out"`` pool),
+    measured with ``classifier`` (default: the cached classifier trained with
     ``classifier_augment``), plus the classifier (:func:`qdiff_lib.classifier.classifier_record`, with its
     augmentation), the data file, ``studies``, ``command`` (default: the command that writes this one file), the
     provenance (``stamp``, default: taken now; a command writing several files takes it once, before its own writes
@@ -151,6 +164,8 @@ def calibration_record(dataset: str, label: int, n_samples: int, n_reference: in
                          f"{classifier_augment!r}")
     requested = {"n_samples": int(n_samples), "n_reference": int(n_reference), "draws": int(draws),
                  "seed": int(seed), "ceiling": "nearest"}
+    if reference_pool != "test":  # the test pool is the default of metric_floor_ceiling: earlier files omit it
+        requested.update(reference_pool=reference_pool, n_train=int(n_train))
     start = time.perf_counter()
     result = _computed(dataset, label, requested, clf)
     seconds = time.perf_counter() - start
@@ -221,7 +236,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             c = cases[(ds, lab)]
             done = "done" if calibration_path(ds, lab, root, aug).exists() else "missing"
             users = c["augments"].get(aug) or ["no study"]
-            print(f"{name(ds, lab, aug)}: {c['n_samples']} samples, {c['n_reference']} reference "
+            pool = "" if c["reference_pool"] == "test" else f" from the held-out pool (n_train {c['n_train']})"
+            print(f"{name(ds, lab, aug)}: {c['n_samples']} samples, {c['n_reference']} reference{pool} "
                   f"({', '.join(users)}): {done}")
         return 0
     todo = [f for f in files if args.force or not calibration_path(*f[:2], root, f[2]).exists()]
@@ -241,7 +257,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             c = cases[(ds, lab)]
             record = calibration_record(ds, lab, c["n_samples"], c["n_reference"], draws, seed,
                                         c["augments"].get(aug, []), invoked, classifiers[(ds, aug)], stamp,
-                                        classifier_augment=aug)
+                                        classifier_augment=aug, reference_pool=c["reference_pool"],
+                                        n_train=c["n_train"])
             path = write_record(record, root)
         except Exception as error:  # report, go on with the other classes
             failures.append((ds, lab, aug, error))

@@ -105,22 +105,40 @@ def _summary(values: Sequence[float]) -> dict:
 class _Pools:
     """Real images of a dataset by class with their features and predicted classes (computed once per class).
 
-    ``held_out(c)``: the class's held-out images (test split; the offline PathMNIST subset has only a training
-    split, which is then the held-out pool, as in :func:`~qdiff_lib.metrics.held_out_reference`), which the
-    classifier has not trained on, as it has not seen generated samples; ``train(c)``: its training images, used
-    only where a class has too few held-out images. Each pool is shuffled with a seed and capped at ``pool_cap``.
+    ``held_out(c)``: the held-out images of class ``c``, which the classifier has not trained on (as it has not
+    seen generated samples) where the dataset allows, drawn from where the runs' reference comes from
+    (``reference_pool``, :data:`qdiff_lib.data.REFERENCE_POOLS`):
+
+    * ``"test"``: the test split (the offline PathMNIST subset has only a training split, which is then the
+      held-out pool, as in :func:`~qdiff_lib.metrics.held_out_reference`); ``other(c, n)`` takes class ``c``'s
+      training images where it has fewer than ``n`` held-out ones (``"train"``).
+    * ``"held_out"``: every held-out image (:func:`qdiff_lib.data.held_out_pool`): of the class calibrated, the
+      training images not drawn by a run of ``n_train`` images with ``seed`` plus the val and test splits, the pool
+      that run's reference comes from; of another class, all its images (no run trains on it). The training
+      images among them are also the classifier's, as in the runs' reference.
+
+    ``label`` is the class calibrated. Each pool is shuffled with a seed and capped at ``pool_cap``.
     """
 
-    def __init__(self, dataset: str, clf: TrainedClassifier, pool_cap: int, seed: int):
+    def __init__(self, dataset: str, clf: TrainedClassifier, pool_cap: int, seed: int, label: int,
+                 reference_pool: str = "test", n_train: int = 0):
+        check_choice("reference pool", reference_pool, data.REFERENCE_POOLS)
         self.dataset, self.clf = data.dataset_info(dataset).name, clf
         self.pool_cap, self.seed, self._cache = pool_cap, seed, {}
+        self.label, self.reference_pool, self.n_train = int(label), reference_pool, n_train
         self.held_out_split = data.held_out_split(self.dataset)
+
+    def _load(self, split: str, label: int) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", data.DataNotice)
+            if split != "held_out":
+                return data.load_images(self.dataset, split, label)
+            n_train = self.n_train if label == self.label else 0
+            return data.held_out_pool(self.dataset, label, n_train, self.seed)
 
     def _get(self, split: str, label: int) -> dict:
         if (split, label) not in self._cache:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", data.DataNotice)
-                x = data.load_images(self.dataset, split, label)
+            x = self._load(split, label)
             g = torch.Generator().manual_seed(self.seed + 7919 * label)
             x = x[torch.randperm(len(x), generator=g)[: self.pool_cap]]
             f = extract_features(x, self.clf.feature)
@@ -128,11 +146,18 @@ class _Pools:
         return self._cache[(split, label)]
 
     def held_out(self, label: int) -> dict:
+        """Class ``label``'s held-out pool (for the class calibrated, ``self.label``, without its run's training
+        images)."""
+        if self.reference_pool == "held_out":
+            return self._get("held_out", label)
         return self._get(self.held_out_split, label)
 
     def other(self, label: int, n: int) -> tuple[dict, str]:
-        """Images of another class for the ceiling: held-out ones if there are ``n``, else training ones."""
+        """Images of another class for the ceiling, and where they come from: the held-out pool if it has ``n``
+        images (always with ``"held_out"``), else the class's training images."""
         pool = self.held_out(label)
+        if self.reference_pool == "held_out":
+            return pool, "held_out"
         return (pool, self.held_out_split) if len(pool["x"]) >= n else (self._get("train", label), "train")
 
 
@@ -172,18 +197,25 @@ def metric_floor_ceiling(
     k: int = 3,
     pool_cap: int = 3000,
     classifier_augment: str = "none",
+    reference_pool: str = "test",
+    n_train: int = 0,
 ) -> dict:
     """Each metric's floor and ceiling for class ``label`` of ``dataset``, at (up to) the study's sample sizes.
 
-    * **floor**: two disjoint samples of held-out real images of the class (test split; the offline PathMNIST
-      subset has none, so its training images, as :func:`~qdiff_lib.metrics.held_out_reference` does), one of
-      ``n_samples`` images in the place of the generated ones, one of ``n_reference`` as the reference. What a
+    * **floor**: two disjoint samples of held-out real images of the class, one of
+      ``n_samples`` images in the place of the generated ones, one of ``n_reference`` as the reference, both from
+      the pool the runs' reference comes from (``reference_pool``, :data:`qdiff_lib.data.REFERENCE_POOLS`):
+      ``"test"``, the test split (the offline PathMNIST subset has none, so its training images, as
+      :func:`~qdiff_lib.metrics.held_out_reference` does); ``"held_out"``, every held-out image of the class
+      (:func:`qdiff_lib.data.held_out_pool`: the training images a run of ``n_train`` images with ``seed`` did not
+      draw, plus the val and test splits), the pool of ``few_shot_split(..., pool="held_out")``. What a
       perfect generator, drawing fresh images of the class, would score; only chance or copying beats it.
       Held-out images on both sides: the classifier has not trained on them, as it has not seen generated
       samples (training images sit measurably closer to its training data: on MNIST digit 3 their KID
       against test images is a few units above 0).
-    * **ceiling**: ``n_samples`` real images of another class against the same reference (held-out images of
-      that class, or its training images when it has fewer than ``n_samples``: ``ceiling_source``).
+    * **ceiling**: ``n_samples`` real images of another class against the same reference (``ceiling_source``: with
+      ``"test"``, held-out images of that class, or its training images when it has fewer than ``n_samples``; with
+      ``"held_out"``, all the images of that class, which no run trains on).
       ``ceiling="nearest"`` (default) takes the other class closest to ``label`` by mean KID, for every metric:
       a score of 1 then means "as far from the class as its most similar wrong class", a failure every reader
       recognises (a 3 drawn like an 8), and the scale does not depend on how many other classes a dataset has
@@ -206,7 +238,7 @@ def metric_floor_ceiling(
     check_choice("ceiling", ceiling, ("nearest", "mean"))
     info = data.dataset_info(dataset)
     clf = _classifier(dataset, classifier, classifier_augment)
-    pools = _Pools(dataset, clf, pool_cap, seed)
+    pools = _Pools(dataset, clf, pool_cap, seed, label, reference_pool, n_train)
     own = pools.held_out(label)
     n, n_ref = _sizes(len(own["x"]), n_samples, n_reference)
     if n <= k or n_ref <= k:
@@ -318,7 +350,7 @@ def degradation_curves(
     strengths = {**DEGRADATIONS, **(strengths or {})}
     info = data.dataset_info(dataset)
     clf = _classifier(dataset, classifier, classifier_augment)
-    pools = _Pools(dataset, clf, pool_cap, seed)
+    pools = _Pools(dataset, clf, pool_cap, seed, label)
     own = pools.held_out(label)
     n, n_ref = _sizes(len(own["x"]), n_samples, n_reference)
     other = None
