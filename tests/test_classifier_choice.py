@@ -1,5 +1,6 @@
 """Tests of qdiff_lib.classifier_choice (which classifier recipe the later studies adopt, and on what evidence) and of
-the evidence command, tools/classifier_accuracy.py --evidence. Nothing here trains a classifier."""
+the evidence command, tools/classifier_accuracy.py --evidence. Nothing here trains a classifier but MNIST's default,
+which the rest of the suite trains anyway (cached), to re-check a committed row of the evidence."""
 
 import json
 import math
@@ -60,8 +61,7 @@ def test_adoption_chooses_on_seed_0_and_confirms_on_another_seed():
 def test_adopted_augment_follows_the_rule_on_the_committed_evidence():
     """ADOPTED_AUGMENT is what the rule gives on results/classifier_accuracy.json (tools/classifier_accuracy.py
     --evidence), for every MedMNIST dataset the file measures."""
-    if not RESULT.exists():
-        pytest.skip(f"{RESULT} not written yet (tools/classifier_accuracy.py --evidence)")
+    assert RESULT.exists(), f"{RESULT} is committed (tools/classifier_accuracy.py --evidence)"
     evidence = json.loads(RESULT.read_text())
     verdict = classifier_choice.adoption(evidence["rows"])
     assert evidence["adoption"] == json.loads(json.dumps(verdict)), "the file's verdict is not the rule's"
@@ -69,6 +69,21 @@ def test_adopted_augment_follows_the_rule_on_the_committed_evidence():
         assert v["augment"] == classifier_choice.adopted_augment(ds), (ds, v["reason"])
     assert all(r["provenance"]["git_dirty"] is False and r["provenance"]["numerics_tag"] == "pinned"
                for r in evidence["rows"])
+
+
+def test_a_committed_row_of_the_evidence_is_reproduced():
+    """The evidence's MNIST default row, measured again with this machine's classifier (the suite's cached one,
+    trained under the pinned numerics): the same recipe, the same test accuracy and the same image-by-image
+    correctness, the vector every McNemar test of the file is computed from."""
+    import classifier_accuracy as tool
+
+    classifier.get_classifier("mnist", progress=False)  # cached (trained if missing)
+    committed = {(r["dataset"], r["recipe"], r["seed"]): r for r in json.loads(RESULT.read_text())["rows"]}
+    stored = committed[("mnist", "default", 0)]
+    fresh = tool.measure("mnist", "default", 0, use_cache=True)
+    assert fresh["source"] == "cache"
+    for key in ("hash", "fields", "n_test", "n_train", "steps", "test_accuracy", "correct"):
+        assert fresh[key] == stored[key], key
 
 
 def test_the_evidence_takes_only_rows_with_provenance_and_measures_the_rest(tmp_path, monkeypatch, capsys):
