@@ -20,8 +20,8 @@ from scipy import stats
 
 from qdiff_lib._checks import check_choice
 
-__all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "sign_comparison", "verdict", "VERDICTS", "holm_adjust",
-           "format_interval", "table_with_intervals"]
+__all__ = ["bootstrap_ci", "paired_comparison", "paired_by", "MUST_MATCH", "sign_comparison", "verdict", "VERDICTS",
+           "holm_adjust", "format_interval", "table_with_intervals"]
 
 #: The three verdicts of :func:`verdict`.
 VERDICTS = ("holds", "does not hold", "inconclusive at this power")
@@ -136,6 +136,11 @@ def paired_comparison(
     }
 
 
+#: Columns that the two runs of a pair must share when the frame has them (:func:`paired_by`): the classifier recipe
+#: whose features score a run (KIDs of different classifiers are on different scales).
+MUST_MATCH = ("classifier_augment",)
+
+
 def paired_by(
     frame: pd.DataFrame,
     factor: str,
@@ -151,7 +156,8 @@ def paired_by(
     ``frame`` has one row per run (e.g. columns ``arm``, ``label``, ``seed``, ``kid``). The rows whose ``factor`` is
     ``a`` are matched with those whose ``factor`` is ``b`` and that share every column of ``keys`` (e.g. the same
     digit and seed); keys present under only one of the two levels are dropped. Each (keys, level) must occur at
-    most once: a duplicate means the keys do not identify a run, and would otherwise be averaged silently.
+    most once: a duplicate means the keys do not identify a run, and would otherwise be averaged silently. The two
+    runs of a pair must agree in every column of :data:`MUST_MATCH` the frame has (ValueError otherwise).
 
     Returns ``(comparison, pairs)``: ``pairs`` is a DataFrame indexed by ``keys`` with the columns ``a`` and ``b``
     (the matched values); ``comparison`` is ``paired_comparison(pairs[a], pairs[b], alpha)`` (so ``a - b``), or
@@ -174,6 +180,14 @@ def paired_by(
             wide[level] = np.nan
     pairs = wide[[a, b]].dropna()
     pairs.columns.name = None
+    for column in MUST_MATCH:  # a pair whose runs were scored in different feature spaces compares nothing
+        if column in sub.columns and len(pairs):
+            both = sub.pivot(index=keys, columns=factor, values=column).loc[pairs.index, [a, b]]
+            differ = both[(both[a] != both[b]) & ~(both[a].isna() & both[b].isna())]
+            if len(differ):
+                raise ValueError(f"paired_by: {len(differ)} pair(s) of {a!r} and {b!r} differ in {column!r} (e.g. "
+                                 f"{differ.index[0]}: {differ.iloc[0][a]!r} against {differ.iloc[0][b]!r}); their "
+                                 "metrics are not comparable: select one value first")
     if len(pairs) < min_pairs:
         return None, pairs
     return paired_comparison(pairs[a].to_numpy(), pairs[b].to_numpy(), alpha=alpha), pairs

@@ -132,6 +132,23 @@ def test_paired_by_too_few_pairs_and_bad_input():
         paired_by(frame, "arm", "q", "se", "digit", "kid")
 
 
+def test_paired_by_refuses_pairs_scored_by_different_classifiers():
+    """A run scored in one classifier's features and a run scored in another's are not paired: their KIDs are on
+    different scales (the medmnist study's default classifier against medmnist16's adopted recipe)."""
+    frame = _runs().assign(classifier_augment="none")
+    c, _ = paired_by(frame, "arm", "q", "se", ["digit", "seed"], "kid")
+    assert c["n"] == 6  # one recipe throughout: paired as before
+    mixed = frame.copy()
+    mixed.loc[(mixed["arm"] == "q") & (mixed["digit"] == 1), "classifier_augment"] = "flips"
+    with pytest.raises(ValueError, match=r"3 pair\(s\) of 'q' and 'se' differ in 'classifier_augment'.*'flips' "
+                                         r"against 'none'"):
+        paired_by(mixed, "arm", "q", "se", ["digit", "seed"], "kid")
+    c, _ = paired_by(mixed[mixed["digit"] == 0], "arm", "q", "se", ["digit", "seed"], "kid")  # one value selected
+    assert c["n"] == 3
+    frame["classifier_augment"] = None  # unknown on both sides (results written before the option): not a mismatch
+    assert paired_by(frame, "arm", "q", "se", ["digit", "seed"], "kid")[0]["n"] == 6
+
+
 def test_verdict_rule():
     def c(low, high):
         return {"ci_low": low, "ci_high": high}
