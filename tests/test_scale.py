@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from qdiff_lib import cli, metrics
-from qdiff_lib.classifier import cache_dir
+from qdiff_lib.classifier import cache_dir, weights_sha256
 from qdiff_lib.grids import MEDMNIST_CASES
 from qdiff_lib.metrics import calibrate, scale
 from qdiff_lib.paired_tables import comparison_table
@@ -275,8 +275,8 @@ def test_the_classifier_checksum_sees_any_changed_weight():
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
     clf = types.SimpleNamespace(net=net)
-    before = calibrate.classifier_sha256(clf)
-    assert calibrate.classifier_sha256(clf) == before and len(before) == 64
+    before = weights_sha256(clf)
+    assert weights_sha256(clf) == before and len(before) == 64
     with torch.no_grad():
         net[2].bias[1] += 1e-6
-    assert calibrate.classifier_sha256(clf) != before
+    assert weights_sha256(clf) != before

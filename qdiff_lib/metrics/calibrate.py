@@ -57,7 +57,6 @@ from qdiff_lib.metrics.scale import (
 )
 
 __all__ = ["DRAWS", "SEED", "COMPARED", "calibration_cases", "calibration_files", "select_cases", "data_file",
-           "classifier_sha256",
            "calibration_record", "write_record", "recheck", "main"]
 
 #: Redraws of every sample per class (the metrics chapter's full profile uses as many), and their seed.
@@ -130,10 +129,6 @@ def data_file(dataset: str) -> str | None:
     return None if where.startswith("missing") else Path(where).name
 
 
-#: A checksum of a classifier's weights (:func:`qdiff_lib.classifier.weights_sha256`, its home now).
-classifier_sha256 = weights_sha256
-
-
 def _computed(dataset: str, label: int, requested: dict[str, Any], classifier) -> dict[str, Any]:
     """What :func:`~qdiff_lib.metrics.metric_floor_ceiling` returns, in JSON's own terms (string keys)."""
     result = metric_floor_ceiling(dataset, label, classifier=classifier, classifier_augment=classifier.recipe.augment,
@@ -189,7 +184,7 @@ def recheck(record: dict[str, Any], classifier=None) -> list[str]:
     """Recompute a stored calibration ``record`` from its own ``requested`` settings, with the torch thread count
     it records (``numerics.torch_threads``), and return the entries of :data:`COMPARED` that differ (``[]``:
     reproduced exactly), plus ``"classifier"`` when the classifier's weights are not those the file was computed
-    with (:func:`classifier_sha256`)."""
+    with (:func:`qdiff_lib.classifier.weights_sha256`)."""
     from qdiff_lib.classifier import get_classifier
 
     clf = (classifier if classifier is not None
