@@ -9,7 +9,8 @@ PYTHON  ?= python3
 PROFILE ?= ci
 # Where pip finds torch's CPU build (the default PyPI wheel of torch for Linux is the CUDA build, gigabytes of
 # nvidia-* packages). Set TORCH_INDEX_URL= (empty) where the CPU wheel is found otherwise (a local wheel folder, a
-# mirror), or another index for another build.
+# mirror), or another index for another build. One retry only: where that index cannot be reached (an offline
+# mirror of PyPI that serves the CPU build itself) pip would otherwise retry it five times before going on.
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 BIN     := $(abspath $(VENV))/bin
@@ -39,7 +40,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt req
 	  echo "make: Python 3.11 or newer is needed (the pinned numpy, scipy and pandas require it); $(PYTHON) is" \
 	       "$$($(PYTHON) --version 2>&1 || echo 'not found'). Run with PYTHON=python3.11 (or newer)." >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check --no-deps "$(TORCH_PIN)" \
+	$(PIP) install -q --disable-pip-version-check --no-deps --retries 1 "$(TORCH_PIN)" \
 	    $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(PIP) install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
