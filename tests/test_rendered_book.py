@@ -77,6 +77,14 @@ def test_markup_in_code_is_not_prose(site):
     assert analyse(site, clean_data(text="{glue:text}`x` in a code cell")) == []
 
 
+def test_a_role_name_alone_in_inline_code_fails(site):
+    """A stray backtick before a role (`` `{glue:text}`key` ``) hides the role in a code span: the prose check cannot
+    see it, the inline-code check must."""
+    problems = analyse(site, clean_data(inline_code=["{glue:text}"], text="The grids of the {glue:text}key profile"))
+    assert kinds(problems) == ["raw markup"] and "'{glue:text}'" in problems[0].detail
+    assert analyse(site, clean_data(inline_code=["qdiff_lib.metrics", "{glue:text}`key`", "x = {a}"])) == []
+
+
 def test_traceback_fails(site):
     tb = "ValueError Traceback (most recent call last)\nCell In[3]"
     assert kinds(analyse(site, clean_data(text=tb))) == ["traceback"]
@@ -181,7 +189,7 @@ def test_in_chromium_a_clean_page_passes_and_each_fault_is_named(tmp_path):
     (tmp_path / "bad.html").write_text(
         HEAD + '<h1 id="broken">Bad</h1><p>We trained {glue:text}`n_runs` models.</p>'
         '<p><span class="math notranslate">\\(x^^2\\)</span> <span class="math">\\(\\undefinedmacro\\)</span></p>'
-        '<p>left raw: $$x^2$$</p>'
+        '<p>left raw: $$x^2$$</p><p>The grids of the <code>{glue:text}</code>results_profile profile</p>'
         '<img src="nothere.png"/><a href="missing.html">gone</a> <a href="good.html#nope">no anchor</a>'
         '<div class="output traceback"><pre>Traceback (most recent call last):\nValueError: boom</pre></div>'
         '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script></body></html>')
@@ -197,4 +205,5 @@ def test_in_chromium_a_clean_page_passes_and_each_fault_is_named(tmp_path):
     assert {("broken link", "missing.html"), ("broken link", "good.html#nope"), ("image not loaded", "nothere.png"),
             ("math error", "undefined")} <= found, found
     assert sum(p.kind == "math error" for p in by_page["bad.html"]) == 2  # the TeX error and the undefined macro
+    assert any("alone in inline code" in p.detail for p in by_page["bad.html"])  # the stray backtick's role
     assert (shots / "good.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (shots / "bad.png").exists()

@@ -65,6 +65,10 @@ RAW_MARKUP = [
     (re.compile(r"```"), "unparsed code fence (```)"),
     (re.compile(r"\{\{\s*[\w.-]+\s*\}\}"), "unresolved substitution"),
 ]
+#: An inline code span (outside code blocks) that holds a MyST role's name and nothing else: what a stray backtick
+#: before a role leaves (`` `{glue:text}`key` `` renders "{glue:text}" as code and the key as text); no prose
+#: writes a role's name alone in code.
+BARE_ROLE = re.compile(r"^\s*\{[A-Za-z][\w.+-]*(?::[\w.+-]+)*\}\s*$")
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{")
 TRACEBACK = "Traceback (most recent call last)"
 # Uncaught JavaScript errors that are known, harmless and not the book's to fix: the text of the error, and why.
@@ -106,6 +110,7 @@ COLLECT_JS = r"""
     text: document.body.innerText,
     all_text: document.body.textContent,
     prose: prose.join(" "),
+    inline_code: [...document.querySelectorAll("code")].filter(e => !e.closest("pre")).map(e => e.textContent),
     tracebacks: document.querySelectorAll(".traceback, .output.error").length,
     math: [...document.querySelectorAll(".math")].map(e => ({
       rendered: !!e.querySelector("mjx-container") || e.tagName.toLowerCase() === "mjx-container",
@@ -223,6 +228,9 @@ def analyse(page: str, data: dict, events: dict, base_url: str, root: Path, sour
     for pattern, what in RAW_MARKUP:
         for found in sorted(set(m.group(0) for m in pattern.finditer(prose))):
             problems.append(Problem(page, "raw markup", f"{what}: {found!r} {_around(prose, found)}"))
+    for code in sorted({c for c in data.get("inline_code", []) if BARE_ROLE.match(c)}):
+        problems.append(Problem(page, "raw markup", f"a role's name alone in inline code (a stray backtick?): "
+                                                    f"{code.strip()!r} {_around(data.get('text', ''), code.strip())}"))
     text = data.get("text", "") + "\n" + data.get("all_text", "")  # what shows, and what hides (print-only parts)
     if TRACEBACK in text or data.get("tracebacks"):
         problems.append(Problem(page, "traceback", _around(text, TRACEBACK, 120)
