@@ -105,8 +105,8 @@ def _summary(values: Sequence[float]) -> dict:
 class _Pools:
     """Real images of a dataset by class with their features and predicted classes (computed once per class).
 
-    ``held_out(c)``: the held-out images of class ``c``, which the classifier has not trained on (as it has not
-    seen generated samples) where the dataset allows, drawn from where the runs' reference comes from
+    ``held_out(c)``: the held-out images of class ``c`` (held out from the runs' training, not always from the
+    classifier's: see the exceptions below), drawn from where the runs' reference comes from
     (``reference_pool``, :data:`qdiff_lib.data.REFERENCE_POOLS`):
 
     * ``"test"``: the test split (the offline PathMNIST subset has only a training split, which is then the
@@ -210,9 +210,11 @@ def metric_floor_ceiling(
       (:func:`qdiff_lib.data.held_out_pool`: the training images a run of ``n_train`` images with ``seed`` did not
       draw, plus the val and test splits), the pool of ``few_shot_split(..., pool="held_out")``. What a
       perfect generator, drawing fresh images of the class, would score; only chance or copying beats it.
-      Held-out images on both sides: the classifier has not trained on them, as it has not seen generated
-      samples (training images sit measurably closer to its training data: on MNIST digit 3 their KID
-      against test images is a few units above 0).
+      With ``"test"`` the classifier has not trained on these images, as it has not seen generated samples
+      (training images sit measurably closer to its training data: on MNIST digit 3 their KID against test
+      images is a few units above 0). Two exceptions, as in the runs' own reference: on the offline PathMNIST
+      subset the classifier trained on most of the subset, and a ``"held_out"`` pool includes training-split
+      images, which the classifier trained on.
     * **ceiling**: ``n_samples`` real images of another class against the same reference (``ceiling_source``: with
       ``"test"``, held-out images of that class, or its training images when it has fewer than ``n_samples``; with
       ``"held_out"``, all the images of that class, which no run trains on).
