@@ -4,9 +4,10 @@
 paired comparison(s) that decide it (:class:`Comparison`), the direction that supports it, and, for the two
 noise-strategy claims, the margin against which a benefit is tested (:data:`NOISE_MARGIN_KID`). :func:`evaluate_claims`
 reads the results tables, computes every primary comparison (:func:`qdiff_lib.verdicts.compare_arms`), corrects
-over the family with Holm's method, and returns one row per claim; a claim whose data do not exist yet reads
-:data:`qdiff_lib.verdicts.PENDING`, and fills itself in when the runs are committed. ``tests/test_verdicts.py`` pins
-the family.
+over the family with Holm's method, and returns one row per claim; a claim whose data do not exist yet (or, for a
+claim computed in stages, do not yet cover every group it needs) reads :data:`qdiff_lib.verdicts.PENDING`, and fills
+itself in when the runs are committed. Each claim says where it comes from (:data:`ORIGINS`): the paper's abstract,
+the paper's model, or the book's own reading. ``tests/test_verdicts.py`` pins the family.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
+from scipy import stats as sps
 
 from qdiff_lib.paper import CLAIMS as CLAIM_TEXTS
 from qdiff_lib.stats import format_interval, holm_adjust
@@ -31,8 +34,14 @@ from qdiff_lib.verdicts import (
     minimum_detectable_effect,
 )
 
-__all__ = ["Comparison", "Claim", "CLAIMS", "NOISE_MARGIN_KID", "QUANTUM_INGREDIENT_CONTROLS", "evaluate_claims",
-           "component_table"]
+__all__ = ["Comparison", "Claim", "CLAIMS", "ORIGINS", "NOISE_MARGIN_KID", "QUANTUM_INGREDIENT_CONTROLS",
+           "evaluate_claims", "component_table", "detectable_share"]
+
+#: Where a claim comes from: ``"abstract"``, a sentence of the paper's abstract; ``"paper"``, implied by the paper's
+#: model (a *variational* circuit is a trained component); ``"book"``, a question the book asks to read the abstract,
+#: which the paper does not state.
+ORIGINS = {"abstract": "the paper's abstract", "paper": "implied by the paper's model",
+           "book": "the book's reading (not in the paper)"}
 
 #: The margin of the two noise-strategy claims, in the book's KID units: a noise source or schedule whose benefit
 #: is smaller than this is not the benefit the abstract claims. Our choice: half the effect of adding a plain
@@ -86,7 +95,8 @@ class Claim:
     the comparison is repeated beside the primary one (``"label"``: ten digit means). ``exact``: the name of an exact
     check deciding the claim instead of a comparison (passed to :func:`evaluate_claims`). ``min_groups``: the claim
     stays pending until every comparison pairs runs in at least this many distinct values of ``group`` (a study
-    computed in stages is not decided on its first digits).
+    computed in stages is not decided on its first digits). ``origin``: a key of :data:`ORIGINS`. ``note``: what the
+    primary comparison tests, in words.
     """
 
     key: str
@@ -99,16 +109,23 @@ class Claim:
     exact: str | None = None
     min_groups: int | None = None
     note: str = field(default="", compare=False)
+    origin: str = field(default="abstract", compare=False)
+
+    def __post_init__(self):
+        if self.origin not in ORIGINS:
+            raise ValueError(f"claim {self.key!r}: unknown origin {self.origin!r}; allowed: {list(ORIGINS)}")
 
 
 #: The family of claims of the results chapter, fixed before the data are read (pinned by tests/test_verdicts.py).
 CLAIMS: tuple[Claim, ...] = (
     Claim("quantum_better_mnist", CLAIM_TEXTS["quantum_better_mnist"],
           (Comparison("mnist", "quantum_rzry", "se"),), group="label",
-          note="the authors' trainable circuit against the parameter-matched classical gate (tanh)"),
+          note="the authors' later, trainable circuit (quantum_rzry) against the parameter-matched tanh gate (se); "
+               "not the paper's own pair (its untrainable circuit against no gate), and no perceptual metric"),
     Claim("quantum_better_medmnist", CLAIM_TEXTS["quantum_better_medmnist"],
           (Comparison("medmnist", "quantum_rzry", "se", pair_on=("dataset", "label", "seed")),), basis="sign",
-          note="every MedMNIST case pooled; decided on the share of pairs (KID scales differ between datasets)"),
+          note="the trainable circuit (quantum_rzry) against the tanh gate (se), every MedMNIST case pooled; decided "
+               "on the share of pairs in which the circuit scores lower (KID scales differ between datasets)"),
     Claim("quantum_noise_helps", CLAIM_TEXTS["quantum_noise_helps"],
           (Comparison("noise_schedules", "quantum", "gaussian", factor="noise", pair_on=("schedule", "seed")),),
           margin=NOISE_MARGIN_KID, note="both schedules x seeds, digit 3"),
@@ -116,17 +133,18 @@ CLAIMS: tuple[Claim, ...] = (
           (Comparison("noise_schedules", "tailored", "cosine", factor="schedule", pair_on=("noise", "seed")),),
           margin=NOISE_MARGIN_KID, note="both noise sources x seeds, digit 3"),
     Claim("circuit_trains", CLAIM_TEXTS["circuit_trains"], exact="paper_circuit_has_weight_gradient",
-          note="exact check: the weight gradient of the paper's circuit"),
+          note="exact check: the weight gradient of the paper's circuit", origin="paper"),
     Claim("quantum_ingredient",
           "The gain needs a quantum ingredient (entanglement or trainable quantum weights) beyond the circuit's "
           "classical function.",
           tuple(Comparison("mnist16", "quantum_rzry", c) for c in QUANTUM_INGREDIENT_CONTROLS), group="label",
-          min_groups=10, note="16 qubits; the full circuit must beat every control (intersection-union); decided "
-                              "once every comparison has all ten digits"),
+          min_groups=10, origin="book",
+          note="the full circuit must beat every control (intersection-union); decided once every comparison pairs "
+               "runs in all ten digits"),
     Claim("advantage_below_100",
           "The advantage is specific to fewer than 100 training images (it is absent at 100 images or more).",
           (Comparison("scaling", "quantum_rzry", "se", pair_on=("n_train", "seed"), min_n_train=100),),
-          lower_is_better=False,
+          lower_is_better=False, origin="book",
           note="supported by no advantage at N >= 100; contradicted by the circuit scoring lower there"),
 )
 
@@ -153,6 +171,42 @@ def _paired_groups(frame: pd.DataFrame, comp: Comparison, group: str, metric: st
     return len({key[index] for key in sides[0] & sides[1]})
 
 
+def _widths(frame: pd.DataFrame, comp: Comparison, metric: str) -> set[int]:
+    """The circuit widths (column ``n_qubits``) of the runs of ``comp``'s two sides whose metric is known."""
+    if not len(frame) or "n_qubits" not in frame.columns:
+        return set()
+    rows = frame[frame[comp.factor].isin([comp.a, comp.b]) & frame[metric].notna()]
+    return {int(w) for w in rows["n_qubits"].dropna()}
+
+
+def detectable_share(n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true share of pairs favouring one side that a sign-basis claim over ``n`` untied pairs detects
+    with probability ``power``: the share ``s > 1/2`` at which the exact (Clopper-Pearson) ``1 - alpha`` interval of
+    the observed share lies wholly above 1/2 (the rule of :func:`qdiff_lib.verdicts.claim_verdict`, basis sign) with
+    probability ``power``. NaN when even ``n`` of ``n`` pairs would leave 1/2 inside the interval."""
+    if n < 1:
+        return math.nan
+
+    def lower(k: int) -> float:  # Clopper-Pearson lower bound of k successes in n
+        return float(sps.beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
+
+    k_min = next((k for k in range(n + 1) if lower(k) > 0.5), None)
+    if k_min is None:
+        return math.nan
+    # P(Bin(n, s) >= k_min) rises with s from below alpha / 2 at s = 1/2 to 1 at s = 1
+    return float(optimize.brentq(lambda s: sps.binom.sf(k_min - 1, n, s) - power, 0.5, 1.0, xtol=1e-10))
+
+
+def _provisional(claim: Claim, comps: list[dict]) -> str:
+    """The deciding comparison of a claim not yet decided for coverage, as it reads today, before any correction."""
+    x, p, v = _combine(claim, comps)
+    c = x["c"]
+    reading = {"holds": "on the claim's side", "does not hold": "against the claim (interval on the other side)"}
+    return (f"{x['comparison'].a} - {x['comparison'].b} = {format_interval(c['mean_diff'], c['ci_low'], c['ci_high'])}"
+            f" over {c['n']} pairs, p = {_p(c, claim.basis):.2g} before any correction: "
+            f"{reading.get(v, 'interval contains 0')}")
+
+
 def _components(claim: Claim, frames, metric, alpha, n_boot) -> list[dict]:
     out = []
     for comp in claim.comparisons:
@@ -162,7 +216,8 @@ def _components(claim: Claim, frames, metric, alpha, n_boot) -> list[dict]:
         g = (compare_group_means(frame, comp.a, comp.b, metric, claim.group, comp.pair_on, **kw)
              if claim.group and claim.group in comp.pair_on and c["n"] >= 2 else None)
         covered = _paired_groups(frame, comp, claim.group, metric) if claim.group in comp.pair_on else None
-        out.append({"comparison": comp, "c": c, "groups": g, "covered": covered})
+        out.append({"comparison": comp, "c": c, "groups": g, "covered": covered,
+                    "widths": _widths(frame, comp, metric)})
     return out
 
 
@@ -195,16 +250,19 @@ def evaluate_claims(
     """One row per claim of ``claims``, decided on ``frames`` (study name -> :func:`qdiff_lib.study.load_results`).
 
     A claim whose comparisons lack 2 pairs each (a study not run, an arm missing), or cover fewer than its
-    ``min_groups`` groups, reads :data:`PENDING`; ``exact``
+    ``min_groups`` groups, reads :data:`PENDING`; for the latter, ``estimate [95% CI]`` says how many groups are
+    covered and ``provisional`` how its deciding comparison reads today, uncorrected and outside the family; ``exact``
     maps an exact check's name to its outcome (True: the mechanism the claim needs is present), a missing one pending.
     Holm's correction runs over every test made on data: each tested claim's direction p-value (t or sign test; the
     largest over an intersection-union family), plus, for a claim with a margin, the one-sided p-value against a benefit
     of that margin. Columns: ``claim`` (text), ``primary comparison``, ``n`` (pairs), ``estimate``, ``ci_low``,
     ``ci_high``, ``estimate [95% CI]`` (the mean difference, or for basis sign the share of pairs in which ``a`` is
-    lower), ``p``, ``p_holm``, ``mde`` (:func:`qdiff_lib.verdicts.minimum_detectable_effect`, basis t), ``margin``,
+    lower), ``p``, ``p_holm``, ``mde`` (:func:`qdiff_lib.verdicts.minimum_detectable_effect` in the metric's units,
+    basis t; for basis sign the share of pairs :func:`detectable_share`), ``margin``,
     ``benefit not excluded`` (:func:`qdiff_lib.verdicts.benefit_bound`), ``tost_p`` (two-sided equivalence),
     ``margin_p``, ``margin_p_holm``, ``group means`` (the comparison over per-group means) and its ``group verdict``,
-    ``verdict``; indexed by the claim's key.
+    ``verdict``, ``origin`` (:data:`ORIGINS`), ``qubits`` (the circuit widths of the compared runs, e.g. ``"8"``;
+    empty without runs or an ``n_qubits`` column) and ``provisional``; indexed by the claim's key.
     """
     exact = dict(exact or {})
     rows, family = [], []  # family: (row index, kind, p)
@@ -214,7 +272,8 @@ def evaluate_claims(
                or claim.note, "n": 0, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
                "estimate [95% CI]": "", "p": np.nan, "p_holm": np.nan, "mde": np.nan, "margin": claim.margin,
                "benefit not excluded": np.nan, "tost_p": np.nan, "margin_p": np.nan, "margin_p_holm": np.nan,
-               "group means": "", "group verdict": "", "verdict": PENDING}
+               "group means": "", "group verdict": "", "verdict": PENDING, "origin": claim.origin, "qubits": "",
+               "provisional": ""}
         rows.append(row)
         if claim.exact is not None:
             if claim.exact in exact:
@@ -222,11 +281,14 @@ def evaluate_claims(
                 row["estimate [95% CI]"] = "exact check"
             continue
         comps = _components(claim, frames, metric, alpha, n_boot)
+        row["qubits"] = ", ".join(map(str, sorted(set().union(*(x["widths"] for x in comps)))))
         if not comps or any(x["c"]["n"] < 2 for x in comps):
             continue
         if claim.min_groups and any((x["covered"] or 0) < claim.min_groups for x in comps):
             fewest = min(x["covered"] or 0 for x in comps)
-            row["estimate [95% CI]"] = f"{fewest} of the {claim.min_groups} {claim.group} values needed paired so far"
+            row["estimate [95% CI]"] = (f"not decided until every comparison pairs runs in all {claim.min_groups} "
+                                        f"{claim.group} values ({fewest} so far)")
+            row["provisional"] = _provisional(claim, comps)
             continue
         x, p, _ = _combine(claim, comps)
         c = x["c"]
@@ -236,10 +298,11 @@ def evaluate_claims(
         est, lo, hi = ((c["share_a_lower"], c["share_ci_low"], c["share_ci_high"]) if sign
                        else (c["mean_diff"], c["ci_low"], c["ci_high"]))
         row.update({"n": c["n"], "estimate": est, "ci_low": lo, "ci_high": hi, "p": p,
-                    "estimate [95% CI]": (f"share of pairs with {x['comparison'].a} lower " if sign else "")
-                    + format_interval(est, lo, hi, 3 if not sign else 2)})
-        if not sign:
-            row["mde"] = minimum_detectable_effect(sd=_sd_of(c), n=c["n"], alpha=alpha, power=power)
+                    "estimate [95% CI]": (f"share of pairs in which {x['comparison'].a} scores lower: " if sign
+                                          else "") + format_interval(est, lo, hi, 3 if not sign else 2)
+                    + (" (no difference: 0.5)" if sign else "")})
+        row["mde"] = (detectable_share(c["n"], alpha=alpha, power=power) if sign
+                      else minimum_detectable_effect(sd=_sd_of(c), n=c["n"], alpha=alpha, power=power))
         if claim.margin is not None:
             m = claim.margin
             tost = _tost(c["mean_diff"], _sd_of(c), c["n"], -m, m, alpha)

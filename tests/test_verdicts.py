@@ -352,6 +352,33 @@ def test_claims_family_is_pinned():
         Comparison("scaling", "quantum_rzry", "se", pair_on=("n_train", "seed"), min_n_train=100),)
     assert by["advantage_below_100"].lower_is_better is False
     assert all(c.margin is None for c in CLAIMS if c.key not in ("quantum_noise_helps", "tailored_schedule_helps"))
+    # where each claim comes from: four sentences of the abstract, one implied by the paper's model, two the book's
+    from qdiff_lib.claims import ORIGINS, Claim
+
+    assert {c.key: c.origin for c in CLAIMS} == {
+        "quantum_better_mnist": "abstract", "quantum_better_medmnist": "abstract", "quantum_noise_helps": "abstract",
+        "tailored_schedule_helps": "abstract", "circuit_trains": "paper", "quantum_ingredient": "book",
+        "advantage_below_100": "book"}
+    assert set(ORIGINS) == {"abstract", "paper", "book"}
+    with pytest.raises(ValueError, match="unknown origin 'blog'"):
+        Claim("x", "text", origin="blog")
+
+
+def test_detectable_share_is_where_the_sign_rule_reaches_its_power():
+    from qdiff_lib.claims import detectable_share
+
+    def cp_low(k, n):  # the Clopper-Pearson lower bound of sign_comparison
+        return sign_comparison(-np.ones(n) * (np.arange(n) < k) + (np.arange(n) >= k), np.zeros(n))["ci_low"]
+
+    for n in (10, 15, 30):
+        s = detectable_share(n)
+        k_min = next(k for k in range(n + 1) if cp_low(k, n) > 0.5)
+        assert cp_low(k_min - 1, n) <= 0.5 < cp_low(k_min, n)
+        assert 0.5 < s < 1 and sps.binom.sf(k_min - 1, n, s) == pytest.approx(0.8, abs=1e-8)
+        assert detectable_share(n, power=0.9) > s  # more power needs a larger effect
+    assert detectable_share(15) > detectable_share(30)  # more pairs resolve a smaller one
+    assert math.isnan(detectable_share(5))  # 5 of 5 still leaves 1/2 inside the 95% interval
+    assert math.isnan(detectable_share(0))
 
 
 def _claim_frames(mnist_p: float = 1e-6) -> dict:
@@ -371,9 +398,19 @@ def _claim_frames(mnist_p: float = 1e-6) -> dict:
 
 
 def test_evaluate_claims_on_known_answers_and_pending_row_fills_in():
+    from qdiff_lib.claims import detectable_share
+
     frames = _claim_frames()
+    frames["mnist"] = frames["mnist"].assign(n_qubits=8)
     table = evaluate_claims(frames, {"paper_circuit_has_weight_gradient": False}, n_boot=200)
     assert list(table.index) == [c.key for c in CLAIMS]
+    assert table.loc["quantum_better_mnist", "qubits"] == "8"  # read from the runs
+    assert table.loc["quantum_better_medmnist", "qubits"] == ""  # no n_qubits column
+    assert table["origin"].to_dict() == {c.key: c.origin for c in CLAIMS}
+    # the MedMNIST row: a share, said as one, and the share its sign rule detects with 80% power
+    assert table.loc["quantum_better_medmnist", "estimate [95% CI]"].startswith(
+        "share of pairs in which quantum_rzry scores lower: 0.5 [")
+    assert table.loc["quantum_better_medmnist", "mde"] == pytest.approx(detectable_share(12))
     assert table["verdict"].to_dict() == {
         "quantum_better_mnist": "holds",
         "quantum_better_medmnist": "inconclusive",  # share 1/2
@@ -417,7 +454,17 @@ def test_evaluate_claims_on_known_answers_and_pending_row_fills_in():
     # a study computed in stages: every arm of the first nine digits is not enough to decide
     staged = evaluate_claims({**frames, "mnist16": frames["mnist16"][frames["mnist16"].label < 9]}, n_boot=200)
     assert staged.loc["quantum_ingredient", "verdict"] == PENDING
-    assert staged.loc["quantum_ingredient", "estimate [95% CI]"].startswith("9 of the 10 label values")
+    assert staged.loc["quantum_ingredient", "estimate [95% CI]"] == (
+        "not decided until every comparison pairs runs in all 10 label values (9 so far)")
+    # ... but the row says how its deciding comparison reads today: the control the circuit matches, uncorrected
+    assert staged.loc["quantum_ingredient", "provisional"].startswith("quantum_rzry - fourier = ")
+    assert staged.loc["quantum_ingredient", "provisional"].endswith("before any correction: interval contains 0")
+    assert math.isnan(staged.loc["quantum_ingredient", "p_holm"])  # outside the family until decided
+    worse = frames["mnist16"].copy()  # the surrogate clearly better than the circuit: said as against the claim
+    worse.loc[worse.arm == "fourier", "kid"] = rz.to_numpy() - 50 + _standardised(30, seed=9)
+    staged = evaluate_claims({**frames, "mnist16": worse[worse.label < 9]}, n_boot=200)
+    assert staged.loc["quantum_ingredient", "verdict"] == PENDING
+    assert staged.loc["quantum_ingredient", "provisional"].endswith("against the claim (interval on the other side)")
     # half the runs: still pending for a missing arm
     frames["mnist16"] = frames["mnist16"][frames["mnist16"].arm != "se_cos"]
     assert evaluate_claims(frames, n_boot=200).loc["quantum_ingredient", "verdict"] == PENDING
