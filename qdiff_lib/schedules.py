@@ -159,8 +159,9 @@ def timestep_weights(
       ``Phi((lambda_{t-1} - m) / s) - Phi((lambda_t - m) / s)``, with ``lambda_{-1} = +inf`` and the last
       interval extended to ``-inf``. This is the log-normal noise-level sampling of Karras et al. (2022, EDM):
       their ``ln sigma ~ N(-1.2, 1.2^2)`` with data standard deviation 0.5 is
-      ``lambda = 2 (ln 0.5 - ln sigma) ~ N(1.0, 2.4^2)``, the defaults here. It spends the training signal on
-      the mid log-SNR steps, where the denoiser learns structure, rather than on the extremes.
+      ``lambda = 2 (ln 0.5 - ln sigma) ~ N(1.0, 2.4^2)``, the defaults here (the log-SNR counted against EDM's
+      data standard deviation; counted as ``-2 ln sigma``, the same law is ``N(2.4, 2.4^2)``). It spends the
+      training signal on the mid log-SNR steps, where the denoiser learns structure, rather than on the extremes.
 
     ``schedule`` is a schedule name (:data:`SCHEDULES`) or a betas tensor ``(timesteps,)``; only
     ``"logsnr_gaussian"`` uses it.
