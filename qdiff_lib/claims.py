@@ -262,7 +262,9 @@ def evaluate_claims(
     ``benefit not excluded`` (:func:`qdiff_lib.verdicts.benefit_bound`), ``tost_p`` (two-sided equivalence),
     ``margin_p``, ``margin_p_holm``, ``group means`` (the comparison over per-group means) and its ``group verdict``,
     ``verdict``, ``origin`` (:data:`ORIGINS`), ``qubits`` (the circuit widths of the compared runs, e.g. ``"8"``;
-    empty without runs or an ``n_qubits`` column) and ``provisional``; indexed by the claim's key.
+    empty without runs or an ``n_qubits`` column), ``provisional`` and ``deciding`` (the :class:`Comparison` whose
+    numbers the row gives: for an intersection-union claim, the one that decides it; None for an exact check);
+    indexed by the claim's key.
     """
     exact = dict(exact or {})
     rows, family = [], []  # family: (row index, kind, p)
@@ -273,7 +275,7 @@ def evaluate_claims(
                "estimate [95% CI]": "", "p": np.nan, "p_holm": np.nan, "mde": np.nan, "margin": claim.margin,
                "benefit not excluded": np.nan, "tost_p": np.nan, "margin_p": np.nan, "margin_p_holm": np.nan,
                "group means": "", "group verdict": "", "verdict": PENDING, "origin": claim.origin, "qubits": "",
-               "provisional": ""}
+               "provisional": "", "deciding": claim.comparisons[0] if claim.comparisons else None}
         rows.append(row)
         if claim.exact is not None:
             if claim.exact in exact:
@@ -292,6 +294,7 @@ def evaluate_claims(
             continue
         x, p, _ = _combine(claim, comps)
         c = x["c"]
+        row["deciding"] = x["comparison"]  # of an intersection-union claim: the comparison its numbers are from
         if len(comps) > 1:
             row["primary comparison"] = f"deciding: {x['comparison']} (of {len(comps)}, all must hold)"
         sign = claim.basis == "sign"

@@ -465,6 +465,8 @@ def test_evaluate_claims_on_known_answers_and_pending_row_fills_in():
     staged = evaluate_claims({**frames, "mnist16": worse[worse.label < 9]}, n_boot=200)
     assert staged.loc["quantum_ingredient", "verdict"] == PENDING
     assert staged.loc["quantum_ingredient", "provisional"].endswith("against the claim (interval on the other side)")
+    decided = evaluate_claims({**frames, "mnist16": worse}, n_boot=200).loc["quantum_ingredient"]
+    assert decided["verdict"] == "does not hold" and decided["deciding"].b == "fourier"  # not the first control
     # half the runs: still pending for a missing arm
     frames["mnist16"] = frames["mnist16"][frames["mnist16"].arm != "se_cos"]
     assert evaluate_claims(frames, n_boot=200).loc["quantum_ingredient", "verdict"] == PENDING
