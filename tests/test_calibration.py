@@ -303,6 +303,26 @@ def test_win_probability_and_protocol_ranking_on_constructed_redraws():
         metrics.protocol_ranking({"a": run(1, 1, 1, 1)})
 
 
+def test_kendall_tau_b_equals_scipy_row_by_row_ties_and_constants_included():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    y = np.array([3.0, 1.0, 2.0, 2.0, 5.0, 0.5, 4.0])  # one tie in y
+    x = rng.integers(0, 4, size=(400, y.size)).astype(float)  # small integers: many ties in the rows
+    x[0] = 7.0  # a constant row: tau undefined
+    x[1] = y  # the same ranking as y
+    got = metrics.kendall_tau_b(x, y)
+    want = np.array([stats.kendalltau(row, y).statistic for row in x])
+    assert np.isnan(got[0]) and np.isnan(want[0]) and got[1] == want[1]
+    assert np.array_equal(got[1:], want[1:])  # the same bits: scipy's order of operations
+    continuous = rng.standard_normal((200, 5))
+    assert np.array_equal(metrics.kendall_tau_b(continuous, y[:5]),
+                          [stats.kendalltau(row, y[:5]).statistic for row in continuous])
+    assert np.isnan(metrics.kendall_tau_b(x[:3], np.ones(y.size))).all()
+    with pytest.raises(ValueError, match="columns"):
+        metrics.kendall_tau_b(x, y[:3])
+
+
 def test_protocol_groups_and_table_gather_runs_by_dataset_label_and_seed():
     from qdiff_lib.study import arm_of, arm_options
 
