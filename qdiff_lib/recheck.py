@@ -70,10 +70,11 @@ def prefix_candidates(summaries: dict[Any, dict[str, Any]]) -> list[Any]:
 
 
 #: The windows of a committed loss curve that the prefix re-check recomputes (a committed 2000-step run has 100
-#: windows of 20 steps: 5 windows are its first 100 steps). Other kernels leave the reference bits within the first
-#: 4 steps (:mod:`qdiff_lib.numerics`), so 100 steps keep a wide margin; 200 (until issue 21's cut of make test's
-#: time) cost 50 more seconds of make test on a 2-core machine for no added power.
-PREFIX_WINDOWS = 5
+#: windows of 20 steps: 2 windows are its first 40 steps). Other kernels leave the reference bits within the first
+#: 4 steps (:mod:`qdiff_lib.numerics`), so 40 steps keep a tenfold margin; 200 and then 100 (until issue 21's cuts
+#: of make test's time) cost 80 and 30 more seconds of make test on a 2-core machine for no added power. The
+#: end-to-end re-check (``make recheck``) recomputes all the steps of one run.
+PREFIX_WINDOWS = 2
 
 
 def window_means(values: list[float], width: int) -> list[list[float]]:
