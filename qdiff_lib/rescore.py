@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qdiff_lib import REPO_ROOT, data
+from qdiff_lib._checks import counted
 from qdiff_lib._io import atomic_write
 from qdiff_lib.experiment import RESULT_NAME, SAMPLES_NAME, RunOptions, metrics_version, provenance, samples_sha256
 from qdiff_lib.study import STUDIES, filters_of, results_dir, run_key, select, study_runs
@@ -168,8 +169,8 @@ def main(args, parser=None) -> int:
         report = rescore_study(name, args.profile, root=args.results_root, runs_root=args.runs_root,
                                filters=filters, force=args.force_rescore, progress=not args.no_progress,
                                command=command)
-        print(f"{name} ({args.profile}): {len(report.rescored)} run(s) rescored, {len(report.current)} already "
-              f"current, {len(report.failed)} could not be rescored", flush=True)
+        print(f"{name} ({args.profile}): {counted(len(report.rescored), 'run')} rescored, {len(report.current)} "
+              f"already current, {len(report.failed)} could not be rescored", flush=True)
         for key, reason in report.failed.items():
             print(f"  {key}: {reason}", file=sys.stderr, flush=True)
         failed += len(report.failed)

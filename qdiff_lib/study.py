@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from qdiff_lib import REPO_ROOT, experiment, numerics
+from qdiff_lib._checks import counted
 from qdiff_lib._io import atomic_write
 from qdiff_lib.experiment import RESULT_NAME, SAMPLES_NAME, RunOptions, positive_int
 
@@ -233,7 +234,8 @@ class StudyFailed(RuntimeError):
     def __init__(self, study: str, failures: list[TaskFailure]):
         self.study = study
         self.failures = failures
-        super().__init__(f"{len(failures)} run(s) of study {study!r} failed:\n" + "\n".join(f"  {f}" for f in failures))
+        super().__init__(f"{counted(len(failures), 'run')} of study {study!r} failed:\n"
+                         + "\n".join(f"  {f}" for f in failures))
 
 
 def _run_task(options: RunOptions, out_dir: Path, runs_root: Path, command: str, threads: int, pinned: bool) -> None:
@@ -379,8 +381,8 @@ def main(args, parser=None) -> int:
             if args.list or remaining == 0 or done == len(runs):
                 continue
             todo = len(runs) - done if remaining is None else min(len(runs) - done, remaining)
-            print(f"{name} ({args.profile}): computing {todo} run(s) {executor.where(todo)}, {args.threads} torch "
-                  "thread(s) each", flush=True)
+            print(f"{name} ({args.profile}): computing {counted(todo, 'run')} {executor.where(todo)}, "
+                  f"{counted(args.threads, 'torch thread')} each", flush=True)
             try:
                 run_study(name, args.profile, root=args.results_root, runs_root=args.runs_root,
                           progress=not args.no_progress, limit=remaining, filters=filters, threads=args.threads,
@@ -399,6 +401,6 @@ def main(args, parser=None) -> int:
                 remaining -= now - done
             print(f"{name} ({args.profile}): {now}/{len(runs)} runs done", flush=True)
     if failed:
-        print(f"{failed} run(s) failed (listed above); the others are done. Fix the cause and rerun the same "
+        print(f"{counted(failed, 'run')} failed (listed above); the others are done. Fix the cause and rerun the same "
               "command: finished runs are skipped.", file=sys.stderr)
     return 1 if failed else 0

@@ -122,7 +122,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, monkeypatch, 
     assert _study(tmp_path, "--workers", "2") == 1
     captured = capsys.readouterr()
     assert f"run {study.run_key(bad)} failed: ValueError: n=100000 is larger than the" in captured.err
-    assert "1 run(s) failed" in captured.err and "4/4" in captured.err  # the progress bar counted every run
+    assert "1 run failed" in captured.err and "4/4" in captured.err  # the progress bar counted every run
     done = {p.stem for p in (tmp_path / "ci" / "mnist").glob("*.json")}
     assert done == {study.run_key(o) for o in runs[:3]}
     assert "mnist (ci): 3/4 runs done" in captured.out

@@ -113,9 +113,9 @@ def test_cli_rescore_exit_status_and_flags(finished, capsys):
     argv = ["study", "--rescore", "--study", "tiny", "--profile", "ci", "--results-root", str(results),
             "--runs-root", str(runs), "--no-progress"]
     assert cli.main(argv) == 0
-    assert "0 run(s) rescored, 1 already current, 0 could not be rescored" in capsys.readouterr().out
+    assert "0 runs rescored, 1 already current, 0 could not be rescored" in capsys.readouterr().out
     assert cli.main([*argv, "--force-rescore"]) == 0
-    assert "1 run(s) rescored" in capsys.readouterr().out
+    assert "1 run rescored" in capsys.readouterr().out
     (runs / key / experiment.SAMPLES_NAME).unlink()
     assert cli.main([*argv, "--force-rescore"]) == 1
     err = capsys.readouterr().err

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from qdiff_lib import data
+from qdiff_lib._checks import counted
 from qdiff_lib._io import atomic_write
 from qdiff_lib.classifier import classifier_record, weights_sha256
 from qdiff_lib.metrics.calibration import metric_floor_ceiling
@@ -236,8 +237,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                   f"({', '.join(users)}): {done}")
         return 0
     todo = [f for f in files if args.force or not calibration_path(*f[:2], root, f[2]).exists()]
-    print(f"{len(files)} file(s) selected, {len(files) - len(todo)} already calibrated (kept; --force recomputes), "
-          f"{len(todo)} to compute with {draws} redraws")
+    print(f"{counted(len(files), 'file')} selected, {len(files) - len(todo)} already calibrated (kept; --force "
+          f"recomputes), {len(todo)} to compute with {draws} redraws")
     invoked = " ".join([CALIBRATE_COMMAND, *sys.argv[2:]]) if sys.argv[1:2] == ["calibrate"] else None
     from qdiff_lib.experiment import provenance
 
