@@ -92,6 +92,7 @@ __all__ = [
     "decode_preview",
     "load_previews",
     "load_results",
+    "flatten_summary",
     "results_dir",
     "recompute_cost_s",
     "is_pinned",
@@ -283,7 +284,10 @@ def run_study(study: str, profile_name: str = "ci", root: str | os.PathLike | No
     return load_results(profile_name, study, root)
 
 
-def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
+def flatten_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """One row of :func:`load_results` from a study summary: the run's options (``arm`` named by
+    :func:`~qdiff_lib.grids.arm_of`), its bookkeeping, and each metric's mean (``<name>_se`` beside it where
+    recorded)."""
     o = summary["options"]
     row = {
         "dataset": o["dataset"], "label": o["label"], "n_train": o["n_train"], "seed": o["seed"],
@@ -309,7 +313,7 @@ def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
 def load_results(profile_name: str, study: str, root: str | os.PathLike | None = None) -> pd.DataFrame:
     """One row per finished run of ``study`` under ``profile_name`` (empty DataFrame when none)."""
     folder = results_dir(profile_name, study, root)
-    rows = [{"key": p.stem, **_flatten(json.loads(p.read_text()))} for p in sorted(folder.glob("*.json"))]
+    rows = [{"key": p.stem, **flatten_summary(json.loads(p.read_text()))} for p in sorted(folder.glob("*.json"))]
     return pd.DataFrame(rows)
 
 

@@ -330,9 +330,9 @@ def test_flatten_carries_the_classifier_augment_option():
     del options["classifier_augment"]
     summary = {"options": options, "metrics": {"kid": {"mean": 0.1, "se": 0.01}}, "final_loss": 0.5,
                "timings": {"train_s": 1.0}, "device": "cpu"}
-    assert study._flatten(summary)["classifier_augment"] == "none"
+    assert study.flatten_summary(summary)["classifier_augment"] == "none"
     flips = {**summary, "options": {**options, "classifier_augment": "flips"}}
-    assert study._flatten(flips)["classifier_augment"] == "flips"
+    assert study.flatten_summary(flips)["classifier_augment"] == "flips"
 
 
 # ------------------------------------------------------------------------------ CI re-check of committed results
