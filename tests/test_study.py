@@ -71,7 +71,8 @@ def test_grids_follow_the_profile_budgets():
         for name in STUDIES:
             second_edition = name.endswith("16")
             width = study.PAPER_N_QUBITS if second_edition and profile_name == "full" else p.n_qubits
-            steps = grids.CONVERGENCE_STEPS if (name, profile_name) == ("convergence16", "full") else p.steps
+            steps = p.steps if name != "convergence16" else (grids.CONVERGENCE_STEPS if profile_name == "full"
+                                                             else 2 * p.steps)
             for o in study_runs(name, profile_name):
                 assert (o.steps, o.n_samples, o.n_qubits, o.sample_steps) == (steps, p.n_samples, width,
                                                                                p.sample_steps)
@@ -103,10 +104,14 @@ def test_second_edition_grids():
     assert {study.arm_of(o) for o in released} == set(study.RELEASED16_ARMS) and {o.seed for o in released} == {0}
     convergence = study_runs("convergence16", "full")
     assert {o.score_steps() for o in convergence} == {grids.CONVERGENCE_SCORE_AT}
+    for profile_name in ("full", "ci"):  # the first steps of a convergence run are the mnist16 run of the same seed,
+        # scored at that run's budget (in ci too, so that the ci profile takes the full profile's path)
+        budget = study.PROFILES[profile_name].steps
+        twins = {run_key(o) for o in study_runs("mnist16", profile_name)}
+        for o in study_runs("convergence16", profile_name):
+            assert budget in (*o.score_steps(), o.steps) and o.steps > budget
+            assert run_key(dataclasses.replace(o, steps=budget, score_at="")) in twins
     mnist16 = {run_key(o) for o in study_runs("mnist16", "full")}
-    for o in convergence:  # the first 2000 steps of a convergence run are the mnist16 run of the same seed
-        prefix = dataclasses.replace(o, steps=study.PROFILES["full"].steps, score_at="")
-        assert run_key(prefix) in mnist16
     for o in study_runs("tuning16", "full"):  # the default learning rate is mnist16's run, not recomputed
         assert o.lr != cli.RunOptions().lr and run_key(dataclasses.replace(o, lr=cli.RunOptions().lr)) in mnist16
     first_seed = study_runs("mnist16", "full")[: 10 * len(study.MNIST16_ARMS)]
