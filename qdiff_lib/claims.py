@@ -8,12 +8,21 @@ over the family with Holm's method, and returns one row per claim; a claim whose
 claim computed in stages, do not yet cover every group it needs) reads :data:`qdiff_lib.verdicts.PENDING`, and fills
 itself in when the runs are committed. Each claim says where it comes from (:data:`ORIGINS`): the paper's abstract,
 the paper's model, or the book's own reading. ``tests/test_verdicts.py`` pins the family.
+
+Paper width (:attr:`Claim.paper_width`, the rule :data:`PAPER_WIDTH_RULE`, fixed on :data:`PAPER_WIDTH_RULE_FIXED`
+after the first seed of ``mnist16`` had been read and before any run of ``medmnist16`` or ``scaling16`` existed): a
+claim with a comparison in a second-edition study (the paper's width) is decided by that comparison once its study
+holds every planned pair (:func:`planned_pairs`, from the full profile's grid); until then the first-edition comparison
+decides, and the row carries the paper-width reading, uncorrected and labelled provisional. Whichever decides enters
+Holm's family; the other does not.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +44,8 @@ from qdiff_lib.verdicts import (
 )
 
 __all__ = ["Comparison", "Claim", "CLAIMS", "ORIGINS", "NOISE_MARGIN_KID", "QUANTUM_INGREDIENT_CONTROLS",
-           "evaluate_claims", "component_table", "detectable_share"]
+           "PAPER_WIDTH_RULE", "PAPER_WIDTH_RULE_FIXED", "evaluate_claims", "component_table", "detectable_share",
+           "planned_pairs"]
 
 #: Where a claim comes from: ``"abstract"``, a sentence of the paper's abstract; ``"paper"``, implied by the paper's
 #: model (a *variational* circuit is a trained component); ``"book"``, a question the book asks to read the abstract,
@@ -57,6 +67,16 @@ NOISE_MARGIN_KID = 35.0
 #: no entangler and no weights (``se_cos``), its weights frozen (``quantum_rzry_frozen``), no entangler
 #: (``quantum_rzry_separable``), and a classical surrogate of its function class (``fourier``).
 QUANTUM_INGREDIENT_CONTROLS = ("se_cos", "quantum_rzry_frozen", "quantum_rzry_separable", "fourier")
+
+#: When the paper-width rule was fixed: after the first seed of ``mnist16`` had been read, before any run of
+#: ``medmnist16`` or ``scaling16`` existed.
+PAPER_WIDTH_RULE_FIXED = "2026-11-29"
+#: Which comparison decides a claim that has one at the paper's width (:attr:`Claim.paper_width`).
+PAPER_WIDTH_RULE = (
+    "the paper-width comparisons decide the claim once their study holds every planned pair (the pair keys of the "
+    "full profile's runs of both sides within the comparison's limits on N); until then the first-edition comparisons "
+    "decide, and the row carries the paper-width reading (estimate [CI], pairs present of planned, uncorrected, "
+    "labelled provisional). The deciding comparison, whichever it is, enters Holm's family")
 
 
 @dataclass(frozen=True)
@@ -96,7 +116,9 @@ class Claim:
     check deciding the claim instead of a comparison (passed to :func:`evaluate_claims`). ``min_groups``: the claim
     stays pending until every comparison pairs runs in at least this many distinct values of ``group`` (a study
     computed in stages is not decided on its first digits). ``origin``: a key of :data:`ORIGINS`. ``note``: what the
-    primary comparison tests, in words.
+    primary comparison tests, in words. ``paper_width``: the same claim's comparison(s) in a second-edition study, at
+    the paper's width; they replace ``comparisons`` once their study holds every planned pair (:data:`PAPER_WIDTH_RULE`,
+    fixed on :data:`PAPER_WIDTH_RULE_FIXED`); until then they are read, provisionally, beside the row.
     """
 
     key: str
@@ -108,6 +130,7 @@ class Claim:
     group: str | None = None
     exact: str | None = None
     min_groups: int | None = None
+    paper_width: tuple[Comparison, ...] = ()
     note: str = field(default="", compare=False)
     origin: str = field(default="abstract", compare=False)
 
@@ -120,10 +143,12 @@ class Claim:
 CLAIMS: tuple[Claim, ...] = (
     Claim("quantum_better_mnist", CLAIM_TEXTS["quantum_better_mnist"],
           (Comparison("mnist", "quantum_rzry", "se"),), group="label",
+          paper_width=(Comparison("mnist16", "quantum_rzry", "se"),),
           note="the authors' later, trainable circuit (quantum_rzry) against the parameter-matched tanh gate (se); "
                "not the paper's own pair (its untrainable circuit against no gate), and no perceptual metric"),
     Claim("quantum_better_medmnist", CLAIM_TEXTS["quantum_better_medmnist"],
           (Comparison("medmnist", "quantum_rzry", "se", pair_on=("dataset", "label", "seed")),), basis="sign",
+          paper_width=(Comparison("medmnist16", "quantum_rzry", "se", pair_on=("dataset", "label", "seed")),),
           note="the trainable circuit (quantum_rzry) against the tanh gate (se), every MedMNIST case pooled; decided "
                "on the share of pairs in which the circuit scores lower (KID scales differ between datasets)"),
     Claim("quantum_noise_helps", CLAIM_TEXTS["quantum_noise_helps"],
@@ -145,6 +170,7 @@ CLAIMS: tuple[Claim, ...] = (
           "The advantage is specific to fewer than 100 training images (it is absent at 100 images or more).",
           (Comparison("scaling", "quantum_rzry", "se", pair_on=("n_train", "seed"), min_n_train=100),),
           lower_is_better=False, origin="book",
+          paper_width=(Comparison("scaling16", "quantum_rzry", "se", pair_on=("n_train", "seed"), min_n_train=100),),
           note="supported by no advantage at N >= 100; contradicted by the circuit scoring lower there"),
 )
 
@@ -159,6 +185,35 @@ def _select(frames: Mapping[str, pd.DataFrame], comp: Comparison, metric: str) -
     if comp.max_n_train is not None:
         frame = frame[frame["n_train"] <= comp.max_n_train]
     return frame
+
+
+def _in_limits(n_train, comp: Comparison) -> bool:
+    if comp.min_n_train is not None and not (n_train is not None and n_train >= comp.min_n_train):
+        return False
+    return comp.max_n_train is None or (n_train is not None and n_train <= comp.max_n_train)
+
+
+@functools.cache
+def _full_runs(study: str) -> tuple:
+    from qdiff_lib.grids import study_runs  # here: the grids pull in the model code, the verdicts do not need it
+
+    return tuple(study_runs(study, "full"))
+
+
+def planned_pairs(comp: Comparison, runs: Sequence | None = None) -> set[tuple]:
+    """The pairs ``comp`` will have once its study is complete: the keys (``comp.pair_on``, in order) shared by a
+    planned run of ``comp.a`` and one of ``comp.b`` within the comparison's limits on ``n_train``. ``runs``: the
+    study's planned runs (RunOptions or their dicts); default the full profile's grid,
+    ``qdiff_lib.grids.study_runs(comp.study, "full")``."""
+    from qdiff_lib.grids import arm_of
+
+    sides: dict[str, set[tuple]] = {comp.a: set(), comp.b: set()}
+    for o in _full_runs(comp.study) if runs is None else runs:
+        values = o if isinstance(o, Mapping) else dataclasses.asdict(o)
+        side = arm_of(values) if comp.factor == "arm" else values.get(comp.factor)
+        if side in sides and _in_limits(values.get("n_train"), comp):
+            sides[side].add(tuple(values[k] for k in comp.pair_on))
+    return sides[comp.a] & sides[comp.b]
 
 
 def _paired_groups(frame: pd.DataFrame, comp: Comparison, group: str, metric: str) -> int:
@@ -207,9 +262,9 @@ def _provisional(claim: Claim, comps: list[dict]) -> str:
             f"{reading.get(v, 'interval contains 0')}")
 
 
-def _components(claim: Claim, frames, metric, alpha, n_boot) -> list[dict]:
+def _components(claim: Claim, frames, metric, alpha, n_boot, comparisons=None) -> list[dict]:
     out = []
-    for comp in claim.comparisons:
+    for comp in claim.comparisons if comparisons is None else comparisons:
         frame = _select(frames, comp, metric)
         kw = dict(factor=comp.factor, alpha=alpha, n_boot=n_boot)
         c = compare_arms(frame, comp.a, comp.b, metric, comp.pair_on, **kw) if len(frame) else {"n": 0}
@@ -237,6 +292,40 @@ def _combine(claim: Claim, comps: list[dict]) -> tuple[dict, float, str]:
     return x, _p(x["c"], claim.basis), "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
 
 
+def _paper_width(claim: Claim, frames, metric, alpha, n_boot, planned_runs) -> dict:
+    """The claim's paper-width comparisons as they read today: their components, whether every planned pair is
+    present (then they decide), and the provisional reading of the row."""
+    comps = _components(claim, frames, metric, alpha, n_boot, claim.paper_width)
+    for x in comps:
+        comp = x["comparison"]
+        runs = planned_runs.get(comp.study) if planned_runs is not None and comp.study in planned_runs else None
+        x["planned"] = planned_pairs(comp, runs)
+        x["present"] = set(x["c"].get("pair_keys", ()))
+    complete = all(x["planned"] and x["planned"] <= x["present"] for x in comps)
+    tested = all(x["c"]["n"] >= 2 for x in comps)
+    x = _combine(claim, comps)[0] if tested else min(comps, key=lambda y: y["c"]["n"])
+    c, comp = x["c"], x["comparison"]
+    out = {"comps": comps, "complete": complete, "n": int(c["n"]), "planned": len(x["planned"]),
+           "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
+    width = f", {', '.join(map(str, sorted(x['widths'])))} qubits" if x["widths"] else ""
+    pairs = f"{c['n']} of {len(x['planned'])} planned ({', '.join(comp.pair_on)}) pairs ({comp.study}{width})"
+    if not tested:
+        out["text"] = f"provisional: {pairs} so far, no interval"
+        return out  # (complete needs every planned pair, so at least 2 of them: never complete here)
+    sign = claim.basis == "sign"
+    est, lo, hi = ((c["share_a_lower"], c["share_ci_low"], c["share_ci_high"]) if sign
+                   else (c["mean_diff"], c["ci_low"], c["ci_high"]))
+    out.update(estimate=est, ci_low=lo, ci_high=hi, p=_p(c, claim.basis))
+    v = claim_verdict(c, lower_is_better=claim.lower_is_better, basis=claim.basis)
+    reading = {"holds": "on the claim's side", "does not hold": "against the claim (interval on the other side)"}
+    what = (f"share of pairs in which {comp.a} scores lower: {format_interval(est, lo, hi, 2)}" if sign
+            else f"{comp.a} - {comp.b} = {format_interval(est, lo, hi)}")
+    out["text"] = (f"deciding (every planned pair present): {pairs}" if complete else
+                   f"provisional: {what} over {pairs}, {'sign test ' if sign else ''}p = {out['p']:.2g} before any "
+                   f"correction: {reading.get(v, 'interval contains 0')}")
+    return out
+
+
 def evaluate_claims(
     frames: Mapping[str, pd.DataFrame],
     exact: Mapping[str, bool] | None = None,
@@ -246,8 +335,18 @@ def evaluate_claims(
     alpha: float = 0.05,
     power: float = 0.8,
     n_boot: int = 2000,
+    planned_runs: Mapping[str, Sequence] | None = None,
 ) -> pd.DataFrame:
     """One row per claim of ``claims``, decided on ``frames`` (study name -> :func:`qdiff_lib.study.load_results`).
+
+    A claim with :attr:`Claim.paper_width` comparisons is decided by them once their study holds every planned pair
+    (:func:`planned_pairs`; ``planned_runs`` maps a study to its planned runs, default the full profile's grid), and by
+    its first-edition ``comparisons`` until then (:data:`PAPER_WIDTH_RULE`); ``primary comparison``, ``qubits``,
+    ``deciding`` and Holm's family follow the deciding comparison. The columns ``paper width`` (the paper-width reading
+    in words: provisional and uncorrected while the first edition decides), ``paper width n`` (pairs present),
+    ``paper width planned``, ``paper width estimate``, ``paper width ci_low``, ``paper width ci_high``,
+    ``paper width p`` (uncorrected, t or sign test by the claim's basis) and ``paper width decides`` give it; empty
+    (NaN, False) for a claim without paper-width comparisons.
 
     A claim whose comparisons lack 2 pairs each (a study not run, an arm missing), or cover fewer than its
     ``min_groups`` groups, reads :data:`PENDING`; for the latter, ``estimate [95% CI]`` says how many groups are
@@ -270,19 +369,28 @@ def evaluate_claims(
     rows, family = [], []  # family: (row index, kind, p)
     decided = {}
     for claim in claims:
-        row = {"key": claim.key, "claim": claim.text, "primary comparison": "; ".join(map(str, claim.comparisons))
+        pw = _paper_width(claim, frames, metric, alpha, n_boot, planned_runs) if claim.paper_width else None
+        comparisons = claim.paper_width if pw is not None and pw["complete"] else claim.comparisons
+        row = {"key": claim.key, "claim": claim.text, "primary comparison": "; ".join(map(str, comparisons))
                or claim.note, "n": 0, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
                "estimate [95% CI]": "", "p": np.nan, "p_holm": np.nan, "mde": np.nan, "margin": claim.margin,
                "benefit not excluded": np.nan, "tost_p": np.nan, "margin_p": np.nan, "margin_p_holm": np.nan,
                "group means": "", "group verdict": "", "verdict": PENDING, "origin": claim.origin, "qubits": "",
-               "provisional": "", "deciding": claim.comparisons[0] if claim.comparisons else None}
+               "provisional": "", "deciding": comparisons[0] if comparisons else None,
+               "paper width": "", "paper width n": 0, "paper width planned": 0, "paper width estimate": np.nan,
+               "paper width ci_low": np.nan, "paper width ci_high": np.nan, "paper width p": np.nan,
+               "paper width decides": False}
+        if pw is not None:
+            row.update({"paper width": pw["text"], "paper width decides": pw["complete"],
+                        **{f"paper width {k}": pw[k] for k in ("n", "planned", "estimate", "ci_low", "ci_high", "p")}})
         rows.append(row)
         if claim.exact is not None:
             if claim.exact in exact:
                 row["verdict"] = "holds" if exact[claim.exact] else "does not hold"
                 row["estimate [95% CI]"] = "exact check"
             continue
-        comps = _components(claim, frames, metric, alpha, n_boot)
+        comps = pw["comps"] if pw is not None and pw["complete"] else _components(claim, frames, metric, alpha,
+                                                                                   n_boot)
         row["qubits"] = ", ".join(map(str, sorted(set().union(*(x["widths"] for x in comps)))))
         if not comps or any(x["c"]["n"] < 2 for x in comps):
             continue

@@ -352,6 +352,16 @@ def test_claims_family_is_pinned():
         Comparison("scaling", "quantum_rzry", "se", pair_on=("n_train", "seed"), min_n_train=100),)
     assert by["advantage_below_100"].lower_is_better is False
     assert all(c.margin is None for c in CLAIMS if c.key not in ("quantum_noise_helps", "tailored_schedule_helps"))
+    # the same claims at the paper's width (second edition), deciding once their study is complete (test_claims_width)
+    assert {c.key: c.paper_width for c in CLAIMS if c.paper_width} == {
+        "quantum_better_mnist": (Comparison("mnist16", "quantum_rzry", "se"),),
+        "quantum_better_medmnist": (
+            Comparison("medmnist16", "quantum_rzry", "se", pair_on=("dataset", "label", "seed")),),
+        "advantage_below_100": (
+            Comparison("scaling16", "quantum_rzry", "se", pair_on=("n_train", "seed"), min_n_train=100),)}
+    from qdiff_lib.claims import PAPER_WIDTH_RULE_FIXED
+
+    assert PAPER_WIDTH_RULE_FIXED == "2026-11-29"
     # where each claim comes from: four sentences of the abstract, one implied by the paper's model, two the book's
     from qdiff_lib.claims import ORIGINS, Claim
 
