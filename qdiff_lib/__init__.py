@@ -4,7 +4,10 @@ A diffusion model whose lightweight U-Net carries a variational quantum circuit 
 Modules: ``data`` (datasets), ``quantum`` (circuits and simulators), ``schedules`` (beta schedules),
 ``noise`` (Gaussian and quantum noise sources), ``unet``, ``diffusion``, ``train``, ``metrics``; ``experiment``
 (one run, from its options to its result files), ``study`` (the grids of runs behind the book), ``parallel``
-(running them at once, locally or on a Dask cluster) and ``cli`` (``python -m qdiff_lib``).
+(running them at once, locally or on a Dask cluster) and ``cli`` (``python -m qdiff_lib``); ``stats``,
+``verdicts`` and ``claims`` (paired comparisons, verdict rules, the family of claims), and the readers of the
+studies, each fixed before its data: ``decomposition`` (MNIST, the controls), ``convergence`` (longer training and
+tuning), ``scaling``, ``medmnist_reader`` and ``released`` (the model as released).
 
 Importing the package first pins the CPU numerics (:mod:`qdiff_lib.numerics`): it must happen before numpy,
 scipy or torch compute anything, so nothing is imported above it.
