@@ -39,7 +39,17 @@ import pandas as pd
 
 from qdiff_lib._checks import check_choice, counted
 from qdiff_lib.experiment import RunOptions
-from qdiff_lib.grids import ARMS, CONVERGENCE_ARMS, PROFILES, STUDIES, TUNING_LABEL, TUNING_LRS, arm_of, study_runs
+from qdiff_lib.grids import (
+    ARMS,
+    CONVERGENCE_ARMS,
+    CONVERGENCE_SEEDS,
+    PROFILES,
+    STUDIES,
+    TUNING_LABEL,
+    TUNING_LRS,
+    arm_of,
+    study_runs,
+)
 from qdiff_lib.metrics import MEMORIZATION_THRESHOLD, add_normalised_kid
 from qdiff_lib.study import flatten_summary, results_dir
 from qdiff_lib.verdicts import compare_arms
@@ -133,6 +143,16 @@ def _check_columns(frame: pd.DataFrame, name: str, columns: Sequence[str]) -> No
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{name}: no column(s) {missing}; expected a load_scores frame with {list(columns)}")
+
+
+def _check_unique(frame: pd.DataFrame, who: str, keys: Sequence[str] = ("arm", "seed", "label", "lr", "step")) -> None:
+    """ValueError when two rows share ``keys`` (two runs of one arm and seed: an older run left in the folder), as
+    :func:`qdiff_lib.stats.paired_by` refuses them, rather than taking one by file order."""
+    keys = [k for k in keys if k in frame.columns]
+    repeated = frame[frame.duplicated(subset=keys, keep=False)]
+    if len(repeated):
+        raise ValueError(f"{who}: {len(repeated)} rows share {keys} (e.g. {repeated.iloc[0][keys].to_dict()}, keys "
+                         f"{sorted(set(repeated['key']))[:4] if 'key' in repeated else '?'}); expected one run each")
 
 
 def _metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -260,6 +280,7 @@ def ranking_by_step(scores: pd.DataFrame, metric: str = "kid", lower_is_better: 
         _check_metric(scores, metric)
     arms = _check_arms(arms)
     scores = scores[scores["arm"].isin(arms)]
+    _check_unique(scores, "ranking_by_step")
     steps = sorted(set(scores["step"]) if steps is None else {int(s) for s in steps})
     wide = scores.pivot_table(index=["seed", "step"], columns="arm", values=metric, aggfunc="first") \
         if len(scores) else pd.DataFrame(columns=arms)
@@ -338,6 +359,7 @@ def memorisation_onset(scores: pd.DataFrame, threshold: float = MEMORIZATION_THR
     _check_columns(scores, "memorisation_onset", ["arm", "seed", "step", metric])
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ValueError(f"memorisation_onset: threshold must be a finite number, got {threshold!r}")
+    _check_unique(scores, "memorisation_onset")
     rows = []
     for arm, frame in scores.groupby("arm", sort=True):
         wide = frame.pivot_table(index="step", columns="seed", values=metric, aggfunc="first").sort_index()
@@ -361,8 +383,9 @@ def tuning_table(tuning: pd.DataFrame, mnist16: pd.DataFrame, metric: str = "kid
     from ``mnist16``'s runs of digit ``label`` with the same seeds).
 
     ``tuning`` and ``mnist16``: :func:`load_scores` frames (their final steps are used). ``seeds``: the seeds each
-    cell averages (None: those of ``tuning``). One row per (``arm``, ``lr``): ``source``, ``values`` (per seed, in
-    seed order), ``n_seeds``, ``mean`` and ``complete`` (every seed present).
+    cell averages (None: the full grid's, :data:`~qdiff_lib.grids.CONVERGENCE_SEEDS`); a cell is complete when every
+    one of them has a finite score, and two runs of one cell with the same seed raise ValueError. One row per
+    (``arm``, ``lr``): ``source``, ``values`` (per seed, in seed order), ``n_seeds``, ``mean`` and ``complete``.
 
     **Caveat.** The rate is chosen and evaluated on the same digit-5 runs, so every arm's tuned score is optimistic by
     the same kind of selection (the best of three tries each); that is why every arm gets the same budget of tries.
@@ -378,7 +401,7 @@ def tuning_table(tuning: pd.DataFrame, mnist16: pd.DataFrame, metric: str = "kid
     bad_labels = sorted(set(tuning["label"]) - {label})
     if bad_labels:
         raise ValueError(f"tuning_table: tuning runs of digit(s) {bad_labels}; allowed: [{label}]")
-    seeds = sorted(set(tuning["seed"]) if seeds is None else {int(s) for s in seeds})
+    seeds = sorted(CONVERGENCE_SEEDS if seeds is None else {int(s) for s in seeds})
     borrowed = mnist16[(mnist16["label"] == label) & np.isclose(mnist16["lr"].astype(float), DEFAULT_LR)]
     parts = [f[f["final"].astype(bool)] for f in (tuning, borrowed) if len(f)]
     both = pd.concat(parts) if parts else pd.DataFrame(columns=["arm", "seed", "lr", metric])
@@ -386,6 +409,10 @@ def tuning_table(tuning: pd.DataFrame, mnist16: pd.DataFrame, metric: str = "kid
     for arm in arms:
         for lr in lrs:
             cell = both[(both["arm"] == arm) & np.isclose(both["lr"].astype(float), lr) & both["seed"].isin(seeds)]
+            if cell["seed"].duplicated().any():
+                raise ValueError(f"tuning_table: several runs of {arm} at learning rate {lr:g} with seed(s) "
+                                 f"{sorted(set(cell.loc[cell['seed'].duplicated(), 'seed']))}; expected one each")
+            cell = cell[np.isfinite(cell[metric].astype(float))]
             values = cell.sort_values("seed")[metric].astype(float).tolist()
             rows.append({"arm": arm, "lr": lr, "source": "mnist16" if lr == DEFAULT_LR else "tuning16",
                          "values": values, "n_seeds": len(values), "mean": float(np.mean(values)) if values else np.nan,

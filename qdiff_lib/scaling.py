@@ -113,6 +113,10 @@ def load_scaling(study: str, profile: str = "full", root: str | os.PathLike | No
         if foreign:
             raise ValueError(f"load_scaling: {study} holds runs of arm(s) {foreign}; allowed: {list(arms)}")
         frame = pd.concat([own, extra], ignore_index=True)
+        repeated = frame[frame.duplicated(subset=["label", "n_train", "arm", "seed"], keep=False)]
+        if len(repeated):  # an older run left in the folder: refused, not averaged in
+            raise ValueError(f"load_scaling: several runs of one (label, n_train, arm, seed) in {study}: "
+                             f"{sorted(repeated['key'])[:4]}; expected one each")
     else:
         frame = own
     return ScalingRuns(study, frame, len(planned), len(own), len(extra), len(keys), BORROWS_FROM[study], arms,

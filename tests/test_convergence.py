@@ -290,3 +290,30 @@ def test_plot_by_step_draws_one_line_per_arm_and_refuses_nothing_to_draw(tmp_pat
     matplotlib.pyplot.close(fig)
     with pytest.raises(ValueError, match="no scores"):
         cv.plot_by_step(pd.DataFrame(columns=cv.RUN_COLUMNS + cv.SCORE_COLUMNS))
+
+
+def test_tuning_cells_need_every_planned_seed_once_and_repeats_are_refused(tmp_path):
+    _tuning(tmp_path, lambda arm, lr, seed: 10.0 + seed)
+    tuning = cv.load_scores("full", "tuning16", tmp_path, normalise=False)
+    mnist16 = cv.load_scores("full", "mnist16", tmp_path, normalise=False)
+    # only seed 0 committed: by default the cells wait for the full grid's seeds, so no rate is chosen yet
+    first = cv.tuning_table(tuning[tuning["seed"] == 0], mnist16[mnist16["seed"] == 0])
+    assert not first["complete"].any() and all(v is None for v in cv.tuned_lr(first).values())
+    # a score that is not finite leaves its cell incomplete
+    gap = tuning.copy()
+    gap.loc[(gap["arm"] == "se") & (gap["seed"] == 1) & np.isclose(gap["lr"], 1e-3), "kid"] = np.nan
+    assert cv.tuned_lr(cv.tuning_table(gap, mnist16))["se"] is None
+    # an older run of the same cell and seed is refused, not averaged or picked by file order
+    with pytest.raises(ValueError, match="several runs of se at learning rate 0.001 with seed"):
+        cv.tuning_table(pd.concat([tuning, tuning[(tuning["arm"] == "se") & np.isclose(tuning["lr"], 1e-3)
+                                                  & (tuning["seed"] == 0)]]), mnist16)
+
+
+def test_a_repeated_run_is_refused_by_the_ranking_and_the_onset(tmp_path):
+    _convergence(tmp_path, lambda arm, seed, step: {"se": 1.0, "se_cos": 2.0, "quantum_rzry": 3.0}[arm])
+    scores = cv.load_scores("full", "convergence16", tmp_path, normalise=False)
+    older = scores[(scores["arm"] == "quantum_rzry") & (scores["seed"] == 0)].assign(kid=0.5, key="older")
+    for call in (lambda f: cv.ranking_by_step(f, reference_step=REF), cv.memorisation_onset):
+        call(scores)  # one run each: fine
+        with pytest.raises(ValueError, match="expected one run each"):
+            call(pd.concat([scores, older]))

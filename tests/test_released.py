@@ -205,3 +205,15 @@ def test_the_figure_draws_one_marker_per_pair():
     assert fig.axes[0].get_xlabel() == "digit"
     with pytest.raises(ValueError, match="no pair to plot"):
         rl.plot_differences(_frame({"se_frozen": [1.0]}))
+
+
+def test_holm_counts_the_whole_family_while_comparisons_are_pending():
+    """An untested comparison enters Holm's family with p = 1: the first comparison's Holm p is its t p times the
+    three planned comparisons, not times the one tested so far."""
+    first = [0.1 * d - 0.05 for d in range(10)]  # quantum_paper_released lower on every digit, by varying amounts
+    frame = _frame({"se_frozen": [1.0] * 10, "quantum_paper_released": [1.0 - 0.5 - x for x in first],
+                    "quantum_paper": [0.7] + [math.nan] * 9, "se": [1.0] + [math.nan] * 9})
+    table = rl.comparison_table(frame, planned=10).set_index("comparison")
+    r = table.loc["quantum_paper_released - se_frozen"]
+    assert r["n"] == 10 and np.isfinite(r["t_p"]) and r["holm_p"] == pytest.approx(min(1.0, 3 * r["t_p"]))
+    assert math.isnan(table.loc["se - se_frozen", "holm_p"])

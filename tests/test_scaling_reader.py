@@ -200,9 +200,16 @@ def test_load_scaling_adds_the_borrowed_size(tmp_path):
     assert r.frame["kid"].tolist() == [2.0, 2.0, 1.0, 1.0, 1.0]  # the study's runs, then the borrowed ones
     assert sorted(r.frame.loc[r.frame["n_train"] == 64, "arm"]) == sorted(SCALING16_ARMS)
     assert set(r.frame.loc[r.frame["n_train"] == 64, "steps"]) == {own[0].steps}
-    write("scaling16", dataclasses.replace(arm_options("fourier"), **{
-        k: getattr(own[0], k) for k in ("dataset", "label", "n_train", "seed", "steps", "n_samples", "n_qubits")}))
+    fourier = dataclasses.replace(arm_options("fourier"), **{
+        k: getattr(own[0], k) for k in ("dataset", "label", "n_train", "seed", "steps", "n_samples", "n_qubits")})
+    write("scaling16", fourier)
     with pytest.raises(ValueError, match=r"runs of arm\(s\) \['fourier'\]; allowed: \['se', 'se_cos', 'quan"):
+        scaling.load_scaling("scaling16", "ci", root=tmp_path)
+    (tmp_path / "ci" / "scaling16" / f"{run_key(fourier)}.json").unlink()
+    scaling.load_scaling("scaling16", "ci", root=tmp_path)
+    # an older run of the same (N, arm, seed) under another key (another sampler setting) is refused, not averaged in
+    write("scaling16", dataclasses.replace(own[0], sample_steps=own[0].sample_steps + 1), kid=9.0)
+    with pytest.raises(ValueError, match=r"several runs of one \(label, n_train, arm, seed\)"):
         scaling.load_scaling("scaling16", "ci", root=tmp_path)
 
 
