@@ -405,6 +405,10 @@ def tuning_table(tuning: pd.DataFrame, mnist16: pd.DataFrame, metric: str = "kid
     borrowed = mnist16[(mnist16["label"] == label) & np.isclose(mnist16["lr"].astype(float), DEFAULT_LR)]
     parts = [f[f["final"].astype(bool)] for f in (tuning, borrowed) if len(f)]
     both = pd.concat(parts) if parts else pd.DataFrame(columns=["arm", "seed", "lr", metric])
+    versions = sorted({int(v) for v in both.get("metrics_version", pd.Series(dtype=float)).dropna()})
+    if len(versions) > 1:  # one study rescored and not the other: its scores come from other code
+        raise ValueError(f"tuning_table: the tuning16 runs and the borrowed mnist16 runs were scored by metrics "
+                         f"versions {versions}; rescore both to one version")
     rows = []
     for arm in arms:
         for lr in lrs:

@@ -304,6 +304,8 @@ def test_tuning_cells_need_every_planned_seed_once_and_repeats_are_refused(tmp_p
     gap.loc[(gap["arm"] == "se") & (gap["seed"] == 1) & np.isclose(gap["lr"], 1e-3), "kid"] = np.nan
     assert cv.tuned_lr(cv.tuning_table(gap, mnist16))["se"] is None
     # an older run of the same cell and seed is refused, not averaged or picked by file order
+    with pytest.raises(ValueError, match=r"scored by metrics versions \[2, 3\]"):
+        cv.tuning_table(tuning, mnist16.assign(metrics_version=2))
     with pytest.raises(ValueError, match="several runs of se at learning rate 0.001 with seed"):
         cv.tuning_table(pd.concat([tuning, tuning[(tuning["arm"] == "se") & np.isclose(tuning["lr"], 1e-3)
                                                   & (tuning["seed"] == 0)]]), mnist16)
